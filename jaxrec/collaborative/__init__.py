@@ -1,0 +1,1 @@
+"""Collaborative-filtering baselines fitted on the training part of a split."""

@@ -1,0 +1,1 @@
+"""Datasets: tfds builders, the synthetic catalog, leave-one-out splits and batching."""

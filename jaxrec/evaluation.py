@@ -1,0 +1,228 @@
+"""Full-ranking evaluation of any recommender on a leave-one-out split.
+
+A recommender is a callable `recommend(histories, k) -> top_items`; see `evaluate`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import tqdm
+
+from jaxrec import metrics as metrics_lib
+from jaxrec.data.dataset import PAD_ITEM
+from jaxrec.data.splits import EvalExamples, LeaveOneOutSplit
+
+Recommender = Callable[[np.ndarray, int], np.ndarray]
+MIN_WIDTH = 8
+# Keys of the `evaluate` result that hold per-example arrays (not written to JSON).
+ARRAY_KEYS = ("ranks", "users", "targets", "is_cold")
+
+
+def batch_width(longest: int, max_history: Optional[int] = None) -> int:
+  """Smallest power of two >= longest (at least MIN_WIDTH), capped at max_history."""
+  width = MIN_WIDTH
+  while width < longest:
+    width *= 2
+  return width if max_history is None else min(width, max_history)
+
+
+def _check_output(top: np.ndarray, batch: int, k: int, width: int, num_items: int) -> np.ndarray:
+  """Validates what the recommender returned for one batch."""
+  top = np.asarray(top)
+  if top.shape != (batch, k):
+    raise ValueError(
+        f"recommender returned an array of shape {top.shape} for histories of shape "
+        f"({batch}, {width}) and k={k}; expected [batch, k] = ({batch}, {k}) item ids.")
+  if top.size and not np.issubdtype(top.dtype, np.integer):
+    raise ValueError(f"recommender returned dtype {top.dtype}; expected integer item ids "
+                     f"in 1..{num_items}.")
+  if top.size and (top.min() < 1 or top.max() > num_items):
+    bad = top[(top < 1) | (top > num_items)]
+    raise ValueError(
+        f"recommender returned item id {int(bad[0])} ({bad.size} out-of-range ids in a "
+        f"batch of {batch}); expected ids in 1..{num_items} (0 is padding and may not "
+        f"be recommended).")
+  return top.astype(np.int64)
+
+
+def _drop_history(top: np.ndarray, histories: np.ndarray, keep: int,
+                  num_items: int) -> np.ndarray:
+  """[batch, keep] of `top` [batch, k'] without items of each row's history.
+
+  Rows left with fewer than `keep` ids are padded with 0 (never a target).
+  """
+  rows = np.arange(len(top), dtype=np.int64)[:, None] * (num_items + 1)
+  hist_keys = (histories.astype(np.int64) + rows)[histories != PAD_ITEM]
+  drop = np.isin(top + rows, hist_keys)
+  order = np.argsort(drop, axis=1, kind="stable")  # kept ids first, order preserved.
+  kept = np.take_along_axis(top, order, axis=1)[:, :keep]
+  gone = np.take_along_axis(drop, order, axis=1)[:, :keep]
+  return np.where(gone, PAD_ITEM, kept)
+
+
+def rank_examples(recommend: Recommender, examples: EvalExamples, num_items: int,
+                  k: int, batch_size: int = 256, max_history: Optional[int] = None,
+                  exclude_history: bool = False, pad_batches: bool = True,
+                  progress: bool = True, desc: str = "evaluate") -> tuple:
+  """Asks the recommender for every example's top-k and finds the target in it.
+
+  Examples are sorted by history length and batched; each batch is padded to
+  the smallest power-of-two width (>= MIN_WIDTH) covering its longest history,
+  capped at max_history, so only a few static shapes reach the recommender.
+  With pad_batches the last batch is filled up to batch_size by repeating its
+  final row (the extra answers are dropped), so the batch size is static too.
+
+  With exclude_history the recommender is asked for k + width ids and the items
+  of the history it was shown are dropped before keeping the first k. This is
+  exact: a history of `width` slots holds at most `width` distinct items, so at
+  least k ids survive (fewer only when the catalogue itself is that small; the
+  request is capped at num_items). Targets that repeat a history item then
+  count as misses.
+
+  Args:
+    recommend: `recommend(histories: [batch, width] int32, k) -> [batch, k] int`.
+    examples: the held-out examples.
+    num_items: ids 1..num_items are valid answers.
+    k: list length to score (the largest cutoff).
+    batch_size: examples per call.
+    max_history: keep only the last max_history history items (None = all).
+    exclude_history: drop history items from the recommendations (see above).
+    pad_batches: pad the last batch to batch_size (see above).
+    progress: show a tqdm progress bar.
+    desc: progress bar label.
+
+  Returns:
+    (ranks, widths): ranks [n] int64 0-based target rank in the top-k list in
+    the order of `examples` (metrics.NOT_FOUND = absent); widths, the sorted
+    distinct history widths used.
+  """
+  k = metrics_lib.check_cutoff(k)
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if max_history is not None and max_history < 1:
+    raise ValueError(f"max_history must be None or >= 1, got {max_history}")
+  n = len(examples)
+  ranks = np.full([n], metrics_lib.NOT_FOUND, np.int64)
+  lengths = examples.history_lengths
+  if max_history is not None:
+    lengths = np.minimum(lengths, max_history)
+  order = np.argsort(lengths, kind="stable")
+  keep = min(k, num_items)
+  widths = set()
+  with tqdm.tqdm(total=n, desc=desc, unit="ex", disable=not progress) as bar:
+    for start in range(0, n, batch_size):
+      rows = order[start:start + batch_size]
+      real = len(rows)
+      if pad_batches and real < batch_size:
+        rows = np.concatenate([rows, np.full(batch_size - real, rows[-1])])
+      width = batch_width(int(lengths[rows].max()), max_history)
+      widths.add(width)
+      histories = examples.padded_histories(rows, width)
+      request = min(k + width, num_items) if exclude_history else keep
+      top = _check_output(recommend(histories, request), len(rows), request, width,
+                          num_items)
+      if exclude_history:
+        top = _drop_history(top, histories, keep, num_items)
+      ranks[rows[:real]] = metrics_lib.rank_of_target(top[:real],
+                                                      examples.targets[rows[:real]])
+      bar.update(real)
+  return ranks, sorted(widths)
+
+
+def _jsonable(result: dict) -> dict:
+  return {key: value for key, value in result.items() if key not in ARRAY_KEYS}
+
+
+def write_json(result: dict, path: str) -> None:
+  """Writes the JSON part of an `evaluate` result atomically (tmp + os.replace)."""
+  path = os.fspath(path)
+  parent = os.path.dirname(path)
+  if parent:
+    os.makedirs(parent, exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(_jsonable(result), f, indent=2, sort_keys=False)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def evaluate(recommend: Recommender, split: LeaveOneOutSplit, which: str = "test",
+             ks: Sequence[int] = metrics_lib.DEFAULT_KS, batch_size: int = 256,
+             max_history: Optional[int] = None, exclude_history: bool = False,
+             cold_start_threshold: int = 5, num_bootstrap: int = 1000, seed: int = 0,
+             progress: bool = True, output_path: Optional[str] = None,
+             pad_batches: bool = True) -> dict:
+  """Full ranking over all items (no negative sampling) on the valid or test part.
+
+  Args:
+    recommend: `recommend(histories, k) -> top_items`; histories: [batch, width]
+      int32 item ids, oldest first, 0-padded at the end; top_items: [batch, k]
+      int item ids in 1..num_items, best first.
+    split: the leave-one-out split.
+    which: "valid" or "test".
+    ks: metric cutoffs; the recommender is asked for max(ks) items.
+    batch_size: examples per recommender call.
+    max_history: keep the last max_history history items (None = all).
+    exclude_history: drop items of the (shown) history from the list; see
+      `rank_examples`.
+    cold_start_threshold: the "cold_start" slice holds examples whose target has
+      at most this many training interactions.
+    num_bootstrap: bootstrap resamples for the 95% intervals (0 = none).
+    seed: bootstrap seed.
+    progress: show a progress bar.
+    output_path: if given, the JSON part of the result is written there
+      atomically (parent folders are created).
+    pad_batches: pad the last batch to batch_size (static shapes).
+
+  Returns:
+    A dict with "split", "dataset", "num_examples", "ks", "exclude_history",
+    "max_history", "cold_start_threshold", "num_bootstrap", "batch_widths",
+    "seconds", "counts" ({"overall", "cold_start"} example counts) and
+    "metrics" ({"overall", "cold_start"} -> name -> {"mean", "ci_low",
+    "ci_high", "n"}, names like "recall@10", "ndcg@10", "mrr@10"), plus the
+    per-example arrays (not written to JSON), in example order: "ranks" [n]
+    int64 (metrics.NOT_FOUND = not in the top max(ks)), "users" [n] int64,
+    "targets" [n] int32 and "is_cold" [n] bool.
+  """
+  started = time.perf_counter()
+  ks = sorted({metrics_lib.check_cutoff(k) for k in ks})
+  if not ks:
+    raise ValueError("ks must name at least one cutoff")
+  examples = split.eval_examples(which)
+  ranks, widths = rank_examples(
+      recommend, examples, split.num_items, max(ks), batch_size=batch_size,
+      max_history=max_history, exclude_history=exclude_history,
+      pad_batches=pad_batches, progress=progress, desc=f"evaluate {which}")
+  is_cold = split.cold_items(cold_start_threshold)[examples.targets]
+  per_example = metrics_lib.per_example_metrics(ranks, ks)
+  summary = {
+      "overall": metrics_lib.summarize(per_example, None, num_bootstrap, 0.95, seed),
+      "cold_start": metrics_lib.summarize(per_example, is_cold, num_bootstrap, 0.95, seed),
+  }
+  result = {
+      "split": which,
+      "dataset": split.dataset.name,
+      "num_examples": int(len(examples)),
+      "num_items": int(split.num_items),
+      "ks": ks,
+      "exclude_history": bool(exclude_history),
+      "max_history": max_history,
+      "cold_start_threshold": int(cold_start_threshold),
+      "num_bootstrap": int(num_bootstrap),
+      "batch_widths": widths,
+      "counts": {"overall": int(len(examples)), "cold_start": int(is_cold.sum())},
+      "metrics": summary,
+      "seconds": time.perf_counter() - started,
+      "ranks": ranks,
+      "users": examples.users,
+      "targets": examples.targets,
+      "is_cold": is_cold,
+  }
+  if output_path is not None:
+    write_json(result, output_path)
+  return result
