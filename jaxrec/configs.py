@@ -32,7 +32,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
                         "like gin_configs/runs/baselines.gin.")
   try:
     gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
-  except (ValueError, SyntaxError, ImportError, KeyError) as e:
+  except (ValueError, SyntaxError, ImportError, KeyError, NameError) as e:
     raise ConfigError(f"could not parse gin files {list(gin_files)} / bindings "
                       f"{list(bindings)}: {e}") from e
 
@@ -74,6 +74,18 @@ def save_config(workdir: str, name: str = "config.gin", operative: bool = True) 
     f.write(operative_config() if operative else config_str())
   os.replace(tmp, path)
   return path
+
+
+def split_gin_flags(argv: Sequence[str]) -> tuple:
+  """Splits t5x-style `--gin.NAME=VALUE` arguments off argv: (bindings, rest)."""
+  bindings, rest = [], []
+  for arg in argv:
+    if arg.startswith("--gin."):
+      name, _, value = arg[len("--gin."):].partition("=")
+      bindings.append(f"{name} = {value}")
+    else:
+      rest.append(arg)
+  return bindings, rest
 
 
 def clear() -> None:

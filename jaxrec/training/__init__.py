@@ -1,0 +1,1 @@
+"""Training: checkpoints, jobs that fit models (tokenizers now; the generator trainer next)."""

@@ -1,0 +1,243 @@
+"""The semantic-ID job: fit a tokenizer on item embeddings, resolve collisions, write the artifacts.
+
+Artifacts in the workdir: `semantic_ids.npy` ([num_items, L'] int32, row r = item
+id r + 1), `tokenizer_stats.json` (collision rate before/after, per-level usage,
+timing, the fingerprint), `codebook_usage.png`, and `tokenizer_checkpoints/`
+(RQ-VAE training resumes from the latest one). A finished job with the same
+fingerprint is skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Optional
+
+import jax
+import numpy as np
+
+from jaxrec.data.errors import DataError
+from jaxrec.quantizers import rqvae
+from jaxrec.quantizers import semantic_ids
+from jaxrec.quantizers import training as qtraining
+from jaxrec.quantizers import vq
+from jaxrec.training import checkpoints
+
+METHODS = ("rqvae", "rqkmeans")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerJobConfig:
+  """What the semantic-ID job does besides the model and training configs.
+
+  Attributes:
+    method: "rqvae" (trained, resumable) or "rqkmeans" (no network).
+    collision: "extra_level" (TIGER), "sinkhorn" (LETTER) or "nearest_unused".
+    rqkmeans_iters: Lloyd iterations per level for method "rqkmeans".
+    checkpoint_every: RQ-VAE steps between checkpoints.
+    expected_num_items: if set, the embeddings must have this many rows (the
+      catalog size); otherwise the count in the encoder's JSON sidecar is used
+      when present.
+  """
+  method: str = "rqvae"
+  collision: str = "extra_level"
+  rqkmeans_iters: int = 50
+  checkpoint_every: int = 500
+  expected_num_items: Optional[int] = None
+
+
+def load_embeddings(path: str, expected_num_items: Optional[int] = None) -> np.ndarray:
+  """Reads `[num_items, d]` embeddings (.npy) and checks them against the catalog.
+
+  Raises:
+    DataError: missing file, NaN/Inf rows, or a row count that disagrees with
+      `expected_num_items` or with the `<path>.json` sidecar of tools/encode_items.py.
+  """
+  if not os.path.isfile(path):
+    raise DataError("embeddings file not found", path=path,
+                    fix="run tools/encode_items.py first or bind embeddings_path.")
+  x = np.load(path, allow_pickle=False)
+  sidecar = os.path.splitext(path)[0] + ".json"
+  if expected_num_items is None and os.path.isfile(sidecar):
+    with open(sidecar) as f:
+      expected_num_items = json.load(f).get("num_items")
+  if expected_num_items is not None and (x.ndim != 2 or x.shape[0] != expected_num_items):
+    raise DataError(f"embeddings have shape {x.shape} but the catalog has "
+                    f"{expected_num_items} items (one row per item id 1..N expected)",
+                    path=path, fix="re-encode the items of this dataset, or point "
+                    "embeddings_path at the file made for it.")
+  return vq.check_embeddings(x, source=path)
+
+
+def fingerprint(embeddings_path: str, *configs) -> str:
+  """Hash of the embeddings' content and the configs: identifies the artifacts."""
+  h = hashlib.sha256()
+  with open(embeddings_path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  h.update(json.dumps([dataclasses.asdict(c) for c in configs], sort_keys=True,
+                      default=str).encode())
+  return h.hexdigest()[:16]
+
+
+def _fit_rqvae(x, model_config, train_config, job, workdir, fp, progress):
+  """Trains with Orbax checkpoints every job.checkpoint_every steps; resumes from the latest."""
+  ckpt_dir = os.path.join(workdir, "tokenizer_checkpoints")
+  with checkpoints.Checkpointer(ckpt_dir, fp, max_to_keep=2,
+                                save_interval_steps=job.checkpoint_every) as ckpt:
+    start_state = None
+    if ckpt.latest_step() is not None:
+      target = qtraining.init_rqvae_state(x, model_config, train_config)
+      start_state, _ = ckpt.restore(target)
+      if progress:
+        print(f"resuming RQ-VAE training from step {int(start_state.step)} ({ckpt_dir})")
+
+    def on_step(step, state, metrics):
+      del metrics
+      ckpt.save(step, state)
+
+    state, history = qtraining.fit_rqvae(x, model_config, train_config,
+                                         start_state=start_state, on_step=on_step,
+                                         progress=progress)
+    if ckpt.latest_step() != int(state.step):
+      ckpt.save(int(state.step), state, force=True)
+  return history.tokens, history.metrics
+
+
+def build_semantic_ids(workdir: str, embeddings_path: str,
+                       model_config: rqvae.RqVaeConfig = rqvae.RqVaeConfig(),
+                       train_config: qtraining.TokenizerTrainConfig = qtraining.TokenizerTrainConfig(),
+                       job: TokenizerJobConfig = TokenizerJobConfig(),
+                       reference_ids_path: Optional[str] = None,
+                       progress: bool = True) -> dict:
+  """Fits the tokenizer and writes semantic IDs, stats and a usage plot.
+
+  Args:
+    workdir: output folder.
+    embeddings_path: `[num_items, d]` float32 .npy (row r = item id r + 1).
+    model_config: the RQ-VAE (its num_levels / codebook_size also drive rqkmeans).
+    train_config: RQ-VAE optimization.
+    job: method, collision strategy, checkpointing.
+    reference_ids_path: optional published IDs to report the same statistics for
+      (LETTER's `letter_semantic_ids.json`: {"item_id": ["<a_1>", ...]}).
+    progress: progress bars and prints.
+
+  Returns:
+    The stats dict written to tokenizer_stats.json.
+  """
+  if job.method not in METHODS:
+    raise DataError(f"unknown tokenizer method {job.method!r}", path="TokenizerJobConfig.method",
+                    fix=f"use one of {METHODS}.")
+  if job.collision not in semantic_ids.STRATEGIES:
+    raise DataError(f"unknown collision strategy {job.collision!r}",
+                    path="TokenizerJobConfig.collision",
+                    fix=f"use one of {semantic_ids.STRATEGIES}.")
+  os.makedirs(workdir, exist_ok=True)
+  stats_path = os.path.join(workdir, "tokenizer_stats.json")
+  ids_path = os.path.join(workdir, "semantic_ids.npy")
+  x = load_embeddings(embeddings_path, job.expected_num_items)
+  vq.check_embeddings(x, codebook_size=model_config.codebook_size, source=embeddings_path,
+                      binding="RqVaeConfig.codebook_size")
+  if job.method == "rqvae":
+    model_config = dataclasses.replace(model_config, input_dim=x.shape[1])
+  fp = fingerprint(embeddings_path, model_config, train_config, job)
+  if os.path.isfile(stats_path) and os.path.isfile(ids_path):
+    with open(stats_path) as f:
+      old = json.load(f)
+    if old.get("fingerprint") == fp:
+      if progress:
+        print(f"semantic IDs for this configuration exist: {ids_path} (skipped)")
+      return old
+  started = time.perf_counter()
+  if job.method == "rqvae":
+    tokens, curve = _fit_rqvae(x, model_config, train_config, job, workdir, fp, progress)
+  else:
+    tokens = qtraining.fit_rqkmeans(x, model_config.num_levels, model_config.codebook_size,
+                                    iters=job.rqkmeans_iters, seed=train_config.seed)
+    curve = []
+  fit_seconds = time.perf_counter() - started
+  ids = semantic_ids.assemble(tokens.codes, job.collision, last_residuals=tokens.last_residuals,
+                              last_codebook=tokens.last_codebook)
+  stats = {
+      "fingerprint": fp,
+      "method": job.method,
+      "collision_strategy": job.collision,
+      "embeddings": os.path.abspath(embeddings_path),
+      "num_items": int(len(x)),
+      "embedding_dim": int(x.shape[1]),
+      "num_levels": model_config.num_levels,
+      "codebook_size": model_config.codebook_size,
+      "id_length": int(ids.shape[1]),
+      "fit_seconds": round(fit_seconds, 2),
+      "total_seconds": round(time.perf_counter() - started, 2),
+      "before": semantic_ids.collision_stats(tokens.codes, model_config.codebook_size),
+      "after": semantic_ids.collision_stats(ids),
+      "training_curve": curve,
+      "jax_backend": jax.default_backend(),
+  }
+  if reference_ids_path:
+    stats["reference"] = {"path": os.path.abspath(reference_ids_path),
+                          **semantic_ids.collision_stats(read_reference_ids(reference_ids_path),
+                                                         model_config.codebook_size)}
+  _save_npy(ids_path, ids)
+  plot_usage(tokens.codes, model_config.codebook_size, os.path.join(workdir, "codebook_usage.png"),
+             title=f"{job.method}: {len(x):,} items, collision rate "
+                   f"{stats['before']['collision_rate']:.3f} before {job.collision}")
+  _save_text(stats_path, json.dumps(stats, indent=1) + "\n")
+  if progress:
+    b, a = stats["before"], stats["after"]
+    used = ", ".join(str(level["used_codes"]) for level in b["levels"])
+    print(f"{len(x):,} items -> IDs of length {ids.shape[1]} in {stats['total_seconds']:.1f}s; "
+          f"collision rate {b['collision_rate']:.4f} -> {a['collision_rate']:.4f} "
+          f"(largest group {b['largest_collision_group']}); codes used per level: {used}")
+  return stats
+
+
+def read_reference_ids(path: str) -> np.ndarray:
+  """Published IDs `{"1": ["<a_12>", "<b_3>", ...], ...}` -> [n, L] int32 (by item id)."""
+  with open(path) as f:
+    raw = json.load(f)
+  try:
+    keys = sorted(raw, key=int)
+    rows = [[int(tok.strip("<>").split("_")[-1]) for tok in raw[k]] for k in keys]
+  except (ValueError, AttributeError) as e:
+    raise DataError(f"cannot read semantic IDs ({e})", path=path,
+                    fix='expected {"item_id": ["<a_1>", "<b_2>", ...]}.') from e
+  return np.asarray(rows, np.int32)
+
+
+def plot_usage(codes: np.ndarray, codebook_size: int, path: str, title: str = "") -> None:
+  """Per level: how many items each code holds, codes sorted by count (a PNG)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  levels = codes.shape[1]
+  fig, axes = plt.subplots(1, levels, figsize=(4 * levels, 3), squeeze=False)
+  for level, ax in enumerate(axes[0]):
+    counts = np.sort(np.bincount(codes[:, level], minlength=codebook_size))[::-1]
+    ax.bar(np.arange(codebook_size), counts, width=1.0)
+    ax.set_title(f"level {level + 1}: {(counts > 0).sum()}/{codebook_size} codes used")
+    ax.set_xlabel("code (sorted by count)")
+    ax.set_ylabel("items")
+  fig.suptitle(title)
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=80)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+  tmp = path + ".tmp.npy"
+  np.save(tmp, array)
+  os.replace(tmp, path)
+
+
+def _save_text(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)

@@ -1,0 +1,34 @@
+"""Every gin file parses (with its REQUIRED macros supplied), and gin errors are named."""
+
+import pathlib
+
+import pytest
+
+from jaxrec import configs
+
+GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin_configs"
+MACROS = ["WORKDIR = '/tmp/w'", "EMBEDDINGS = '/tmp/e.npy'"]
+
+
+@pytest.fixture(autouse=True)
+def _clear():
+  yield
+  configs.clear()
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(GIN_DIR.parent))
+                                        for p in GIN_DIR.rglob("*.gin")))
+def test_gin_file_parses(path):
+  configs.parse([path], MACROS)
+  assert configs.config_str()
+
+
+def test_unknown_binding_is_named():
+  with pytest.raises(configs.ConfigError, match="no_such_field"):
+    configs.parse(["gin_configs/runs/baselines.gin"],
+                  MACROS + ["pipeline.EvalConfig.no_such_field = 3"])
+
+
+def test_split_gin_flags():
+  bindings, rest = configs.split_gin_flags(["prog", "--gin.A.b=3", "--workdir=x"])
+  assert bindings == ["A.b = 3"] and rest == ["prog", "--workdir=x"]
