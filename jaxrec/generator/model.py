@@ -1,0 +1,303 @@
+"""t5x-style `EncoderDecoderModel`: initial variables, loss, scores, greedy level-restricted
+prediction and the encode / cached decode-step helpers a beam search uses. No jit here.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from jaxrec.data.errors import DataError
+from jaxrec.generator.config import T5Config
+from jaxrec.generator.network import Transformer
+from jaxrec.generator.vocab import TokenLayout
+
+Array = jax.Array
+PyTree = Any
+TRAIN_KEYS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+
+
+def cross_entropy_with_logits(logits: Array, targets: Array, z_loss: float
+                              ) -> Tuple[Array, Array]:
+  """Softmax cross-entropy against soft targets plus t5x's z-loss.
+
+  Args:
+    logits: [..., vocab] float32.
+    targets: [..., vocab] float32 target distribution.
+    z_loss: weight of log(Z)^2.
+
+  Returns:
+    loss: [...] cross-entropy + z-loss term; z_loss: [...] the z-loss term alone.
+  """
+  log_z = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+  loss = -jnp.sum(targets * (logits - log_z), axis=-1)
+  total_z_loss = z_loss * jnp.square(jnp.squeeze(log_z, -1))
+  return loss + total_z_loss, total_z_loss
+
+
+def token_cross_entropy(logits: Array, targets: Array, label_smoothing: float = 0.0,
+                        z_loss: float = 0.0) -> Tuple[Array, Array]:
+  """Per-token loss with label smoothing (the smoothed entropy subtracted, as t5x).
+
+  Args:
+    logits: [batch, length, vocab] float32.
+    targets: [batch, length] int32 token ids.
+    label_smoothing: mass spread uniformly over the other vocab-1 tokens.
+    z_loss: z-loss weight.
+
+  Returns:
+    loss: [batch, length] float32 (0 at the optimum without z-loss); z_loss: [batch, length].
+  """
+  vocab = logits.shape[-1]
+  confidence = 1.0 - label_smoothing
+  low = label_smoothing / (vocab - 1)
+  normalizer = -(confidence * np.log(confidence) + (vocab - 1) * low * np.log(low + 1e-20))
+  soft = jax.nn.one_hot(targets, vocab, dtype=jnp.float32) * (confidence - low) + low
+  loss, z = cross_entropy_with_logits(logits.astype(jnp.float32), soft, z_loss)
+  return loss - normalizer, z
+
+
+class EncoderDecoderModel:
+  """Loss, scoring and prediction around a `Transformer` (pure functions of params).
+
+  Attributes:
+    module: the `Transformer` (t5x name; `network` is an alias).
+    layout: the `TokenLayout` of the vocabulary.
+    config: the `T5Config` (loss settings: z_loss, label_smoothing).
+  """
+
+  def __init__(self, network: Transformer, layout: TokenLayout,
+               config: Optional[T5Config] = None):
+    self.module = network
+    self.layout = layout
+    self.config = network.config if config is None else config
+    if self.config.vocab_size < layout.vocab_size:
+      raise DataError(f"T5Config.vocab_size={self.config.vocab_size} is smaller than the "
+                      f"token layout's {layout.vocab_size} tokens.",
+                      fix="bind T5Config.vocab_size to TokenLayout.vocab_size (or more).")
+
+  @classmethod
+  def from_config(cls, config: T5Config, layout: TokenLayout) -> "EncoderDecoderModel":
+    return cls(Transformer(config), layout, config)
+
+  @property
+  def network(self) -> Transformer:
+    return self.module
+
+  @property
+  def target_length(self) -> int:
+    """L, decoder tokens per item."""
+    return self.layout.num_levels
+
+  # ---------------------------------------------------------------- variables
+  def default_input_shapes(self, batch_size: int = 1, max_history: int = 1) -> dict:
+    """Shapes of the token arrays of `vocab.make_token_batch`."""
+    users = 1 if self.layout.num_user_buckets else 0
+    return {"encoder_input_tokens": (batch_size, users + max_history * self.target_length),
+            "decoder_input_tokens": (batch_size, self.target_length)}
+
+  def get_initial_variables(self, rng: Array, input_shapes: Optional[Mapping] = None,
+                            input_types: Optional[Mapping] = None) -> PyTree:
+    """Initial variables {"params": ...} with `nn.LogicallyPartitioned` leaves.
+
+    Args:
+      rng: PRNG key.
+      input_shapes: {"encoder_input_tokens": (B, T), "decoder_input_tokens": (B, L)}
+        (parameters do not depend on them); default `default_input_shapes()`.
+      input_types: ignored dtypes (tokens are int32), for t5x compatibility.
+
+    Returns:
+      variables; `nn.get_partition_spec(jax.eval_shape(...))` gives logical axes,
+      `nn.meta.unbox` plain arrays. `apply` accepts boxed or unboxed params.
+    """
+    del input_types
+    shapes = dict(self.default_input_shapes())
+    shapes.update(input_shapes or {})
+    encoder_tokens = jnp.ones(shapes["encoder_input_tokens"], jnp.int32)
+    decoder_tokens = jnp.ones(shapes["decoder_input_tokens"], jnp.int32)
+    params_rng, dropout_rng = jax.random.split(rng)
+    return self.module.init({"params": params_rng, "dropout": dropout_rng}, encoder_tokens,
+                            decoder_tokens, decoder_tokens, enable_dropout=False)
+
+  def logical_axes(self, input_shapes: Optional[Mapping] = None) -> PyTree:
+    """PartitionSpec tree of logical axis names, shaped like the variables."""
+    return nn.get_partition_spec(jax.eval_shape(
+        functools.partial(self.get_initial_variables, input_shapes=input_shapes),
+        jax.random.PRNGKey(0)))
+
+  # ---------------------------------------------------------------- training
+  def _logits(self, params: PyTree, batch: Mapping[str, Array],
+              dropout_rng: Optional[Array] = None) -> Array:
+    _check_batch(batch, TRAIN_KEYS)
+    rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+    return self.module.apply({"params": params}, batch["encoder_input_tokens"],
+                             batch["decoder_input_tokens"], batch["decoder_target_tokens"],
+                             enable_dropout=rngs is not None, rngs=rngs)
+
+  def loss_fn(self, params: PyTree, batch: Mapping[str, Array],
+              dropout_rng: Optional[Array]) -> Tuple[Array, dict]:
+    """Weighted token cross-entropy (+ z-loss), normalized by the sum of the weights.
+
+    Args:
+      params: the "params" collection.
+      batch: encoder_input_tokens [B, T], decoder_input_tokens [B, L],
+        decoder_target_tokens [B, L] int32, decoder_loss_weights [B, L] float32
+        (default: targets > 0), from `vocab.make_token_batch`.
+      dropout_rng: PRNG key enabling dropout, or None (deterministic).
+
+    Returns:
+      loss: [] float32; metrics: [] float32 each: loss, z_loss, cross_ent_loss,
+      accuracy (token argmax over the full vocabulary), sequence_accuracy (all L tokens
+      right, among weighted rows), num_tokens (weight sum).
+    """
+    logits = self._logits(params, batch, dropout_rng)
+    targets = batch["decoder_target_tokens"]
+    weights = _weights(batch)
+    token_loss, token_z = token_cross_entropy(logits, targets, self.config.label_smoothing,
+                                              self.config.z_loss)
+    num_tokens = jnp.sum(weights)
+    denom = jnp.where(num_tokens > 0, num_tokens, 1.0)
+    loss = jnp.sum(token_loss * weights) / denom
+    z_loss = jnp.sum(token_z * weights) / denom
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    rows = (jnp.sum(weights, -1) > 0).astype(jnp.float32)
+    row_correct = jnp.all((correct > 0) | (weights <= 0), axis=-1).astype(jnp.float32)
+    metrics = {
+        "loss": loss,
+        "z_loss": z_loss,
+        "cross_ent_loss": loss - z_loss,
+        "accuracy": jnp.sum(correct * weights) / denom,
+        "sequence_accuracy": jnp.sum(row_correct * rows) / jnp.maximum(jnp.sum(rows), 1.0),
+        "num_tokens": num_tokens,
+    }
+    return loss, metrics
+
+  def score_batch(self, params: PyTree, batch: Mapping[str, Array]) -> Array:
+    """Log-likelihood of the targets under the full-vocabulary softmax.
+
+    Returns:
+      [B] float32: sum over tokens with weight > 0 (all tokens > 0 without weights) of
+      log p(target token | prefix, encoder input); no z-loss, no smoothing.
+    """
+    logits = self._logits(params, batch)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    targets = batch["decoder_target_tokens"]
+    token_scores = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(_weights(batch) > 0, token_scores, 0.0), axis=-1)
+
+  # ---------------------------------------------------------------- decoding
+  def encode(self, params: PyTree, encoder_input_tokens: Array) -> Array:
+    """encoder_input_tokens: [B, T] int32 -> encoded [B, T, emb_dim] (run once per batch)."""
+    return self.module.apply({"params": params}, encoder_input_tokens, enable_dropout=False,
+                             method=self.module.encode)
+
+  def init_cache(self, params: PyTree, batch_size: int) -> PyTree:
+    """An empty "cache" collection for `batch_size` decoder rows (e.g. batch * beams).
+
+    Per decoder layer: self_attention/cached_key, cached_value [rows, L, heads, head_dim]
+    (activation dtype) and cache_index [] int32 (the same scalar for all rows: map
+    row-wise operations over the other leaves only).
+    """
+    tokens = jnp.ones((batch_size, self.target_length), jnp.int32)
+
+    def create(params):
+      _, variables = self.module.apply(
+          {"params": params}, tokens[:, :1], tokens, enable_dropout=False, decode=True,
+          max_decode_length=self.target_length, mutable=["cache"])
+      return variables["cache"]
+
+    shapes = jax.eval_shape(create, params)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def decode_step(self, params: PyTree, cache: PyTree, encoded: Array,
+                  encoder_input_tokens: Array, decoder_tokens: Array) -> Tuple[Array, PyTree]:
+    """One cached decoder step.
+
+    Args:
+      params: the "params" collection.
+      cache: from `init_cache` or the previous step.
+      encoded: [rows, T, emb_dim] from `encode` (tiled per beam if needed).
+      encoder_input_tokens: [rows, T] int32 (for the cross-attention padding mask).
+      decoder_tokens: [rows] int32, the token at the current position (BOS first).
+
+    Returns:
+      logits: [rows, vocab] float32 for the next token; the updated cache.
+    """
+    logits, variables = self.module.apply(
+        {"params": params, "cache": cache}, encoded, encoder_input_tokens,
+        decoder_tokens[:, None], enable_dropout=False, decode=True,
+        max_decode_length=self.target_length, mutable=["cache"], method=self.module.decode)
+    return logits[:, 0], variables["cache"]
+
+  def predict_batch_with_aux(self, params: PyTree, batch: Mapping[str, Array]
+                             ) -> Tuple[Array, dict]:
+    """Greedy decoding, step l restricted to level l's tokens (so every output is a code).
+
+    Returns:
+      codes: [B, L] int32 level-local codes (compare with semantic-ID rows);
+      aux: tokens [B, L] int32, scores [B] float32 (sum of full-softmax log-probs).
+    """
+    _check_batch(batch, ("encoder_input_tokens",))
+    encoder_tokens = batch["encoder_input_tokens"]
+    size = encoder_tokens.shape[0]
+    encoded = self.encode(params, encoder_tokens)
+    cache = self.init_cache(params, size)
+    level_masks = jnp.asarray(self.layout.level_mask())
+    if level_masks.shape[1] < self.config.vocab_size:
+      level_masks = jnp.pad(level_masks,
+                            ((0, 0), (0, self.config.vocab_size - level_masks.shape[1])))
+
+    def step(carry, mask):
+      cache, token = carry
+      logits, cache = self.decode_step(params, cache, encoded, encoder_tokens, token)
+      log_probs = jax.nn.log_softmax(logits, axis=-1)
+      token = jnp.argmax(jnp.where(mask, log_probs, -jnp.inf), axis=-1).astype(jnp.int32)
+      score = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
+      return (cache, token), (token, score)
+
+    start = jnp.full((size,), self.layout.bos_id, jnp.int32)
+    _, (tokens, scores) = jax.lax.scan(step, (cache, start), level_masks)
+    tokens = tokens.T
+    return self.layout.token_to_code(tokens), {"tokens": tokens, "scores": scores.sum(0)}
+
+  def predict_batch(self, params: PyTree, batch: Mapping[str, Array]) -> Array:
+    """Greedy level-restricted codes [B, L] int32 (see `predict_batch_with_aux`)."""
+    return self.predict_batch_with_aux(params, batch)[0]
+
+
+def logical_axes(config: T5Config, input_shapes: Optional[Mapping] = None) -> PyTree:
+  """PartitionSpec tree (logical names) of the variables of `Transformer(config)`."""
+  shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 4)}
+  shapes.update(input_shapes or {})
+
+  def init(rng):
+    tokens = {k: jnp.ones(v, jnp.int32) for k, v in shapes.items()}
+    return Transformer(config).init(rng, tokens["encoder_input_tokens"],
+                                    tokens["decoder_input_tokens"], enable_dropout=False)
+
+  return nn.get_partition_spec(jax.eval_shape(init, jax.random.PRNGKey(0)))
+
+
+def flatten_logical_axes(specs: PyTree) -> dict:
+  """{"params/encoder/layers_0/attention/query/kernel": ["embed", "joined_kv"], ...}."""
+  flat = traverse_util.flatten_dict(specs, sep="/")
+  return {k: list(v) for k, v in sorted(flat.items())}
+
+
+def _weights(batch: Mapping[str, Array]) -> Array:
+  if "decoder_loss_weights" in batch and batch["decoder_loss_weights"] is not None:
+    return jnp.asarray(batch["decoder_loss_weights"], jnp.float32)
+  return (batch["decoder_target_tokens"] > 0).astype(jnp.float32)
+
+
+def _check_batch(batch: Mapping[str, Array], keys):
+  missing = [k for k in keys if k not in batch]
+  if missing:
+    raise DataError(f"the generator batch lacks {missing} (it has {sorted(batch)}).",
+                    fix="convert item batches with jaxrec.generator.vocab.make_token_batch.")

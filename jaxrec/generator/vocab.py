@@ -1,0 +1,225 @@
+"""Token layout of the generator vocabulary (specials, per-level code blocks, hashed user
+buckets, reserved tokens) and the host-side conversion of training batches to tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence, Tuple, Union
+
+import numpy as np
+
+from jaxrec.data.errors import DataError
+
+PAD_ID = 0
+BOS_ID = 1
+_HASH_MULTIPLIER = np.uint32(2654435761)  # Knuth's multiplicative hash constant
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLayout:
+  """Where each kind of token lives in the vocabulary.
+
+  Layout: [0, num_special) specials (0 = PAD, 1 = BOS/EOS), then one block of
+  `codebook_sizes[l]` tokens per code level l, then `num_user_buckets` user tokens, then
+  `num_reserved` tokens (room for modality markers and the like).
+
+  Attributes:
+    num_levels: L, codes per item (including a collision level if any).
+    codebook_sizes: tokens per level, one per level (an int means the same for all),
+      e.g. (256, 256, 256, K4) where K4 is the largest collision group.
+    num_user_buckets: hashed user tokens (TIGER: 2,000); 0 drops the user token.
+    num_special: special tokens at the start (>= 2: PAD and BOS).
+    num_reserved: extra tokens at the end.
+  """
+  num_levels: int
+  codebook_sizes: Union[int, Sequence[int]] = 256
+  num_user_buckets: int = 2000
+  num_special: int = 2
+  num_reserved: int = 0
+
+  def __post_init__(self):
+    if isinstance(self.num_levels, bool) or not isinstance(self.num_levels, int) or (
+        self.num_levels < 1):
+      raise DataError(f"TokenLayout.num_levels must be a positive integer, got "
+                      f"{self.num_levels!r}.", fix="set it to the semantic-ID length.")
+    sizes = self.codebook_sizes
+    sizes = (sizes,) * self.num_levels if isinstance(sizes, (int, np.integer)) else sizes
+    sizes = tuple(int(s) for s in sizes)
+    if len(sizes) != self.num_levels or min(sizes) < 1:
+      raise DataError(f"TokenLayout.codebook_sizes must hold {self.num_levels} positive "
+                      f"sizes (one per level), got {sizes}.",
+                      fix="give one size per level, e.g. (256, 256, 256, 8).")
+    object.__setattr__(self, "codebook_sizes", sizes)
+    if self.num_special < 2:
+      raise DataError(f"TokenLayout.num_special must be >= 2 (PAD and BOS), got "
+                      f"{self.num_special}.", fix="use the default 2.")
+    for name in ("num_user_buckets", "num_reserved"):
+      if getattr(self, name) < 0:
+        raise DataError(f"TokenLayout.{name} must be >= 0, got {getattr(self, name)}.",
+                        fix="use 0 to disable.")
+
+  @classmethod
+  def for_semantic_ids(cls, semantic_ids, **kwargs) -> "TokenLayout":
+    """A layout whose level sizes are 1 + the largest code of each level of `semantic_ids`."""
+    ids = np.asarray(semantic_ids)
+    if ids.ndim != 2 or ids.shape[0] < 1:
+      raise DataError(f"semantic_ids must be [num_items + 1, L], got shape {ids.shape}.",
+                      fix="pass the semantic-ID table (row 0 = padding).")
+    return cls(num_levels=ids.shape[1], codebook_sizes=tuple(int(m) + 1 for m in ids.max(0)),
+               **kwargs)
+
+  @property
+  def pad_id(self) -> int:
+    return PAD_ID
+
+  @property
+  def bos_id(self) -> int:
+    return BOS_ID
+
+  @property
+  def level_offsets(self) -> np.ndarray:
+    """[num_levels] int32: the token of code 0 at each level."""
+    return (self.num_special + np.concatenate([[0], np.cumsum(self.codebook_sizes)[:-1]])
+            ).astype(np.int32)
+
+  @property
+  def user_offset(self) -> int:
+    return self.num_special + sum(self.codebook_sizes)
+
+  @property
+  def reserved_offset(self) -> int:
+    return self.user_offset + self.num_user_buckets
+
+  @property
+  def vocab_size(self) -> int:
+    return self.reserved_offset + self.num_reserved
+
+  @property
+  def tokens_per_item(self) -> int:
+    return self.num_levels
+
+  def level_token_range(self, level: int) -> Tuple[int, int]:
+    """(start, end): the tokens of `level` are start <= token < end."""
+    if not 0 <= level < self.num_levels:
+      raise DataError(f"level {level} is outside [0, {self.num_levels}).")
+    start = int(self.level_offsets[level])
+    return start, start + self.codebook_sizes[level]
+
+  def level_mask(self) -> np.ndarray:
+    """[num_levels, vocab_size] bool: mask[l, t] iff token t is a level-l code."""
+    mask = np.zeros((self.num_levels, self.vocab_size), bool)
+    for level in range(self.num_levels):
+      start, end = self.level_token_range(level)
+      mask[level, start:end] = True
+    return mask
+
+  def code_to_token(self, codes):
+    """codes: [..., num_levels] int -> tokens [..., num_levels] (NumPy or jax arrays)."""
+    return codes + self.level_offsets.astype(getattr(codes, "dtype", np.int32))
+
+  def token_to_code(self, tokens):
+    """tokens: [..., num_levels] int -> codes [..., num_levels] (inverse of code_to_token)."""
+    return tokens - self.level_offsets.astype(getattr(tokens, "dtype", np.int32))
+
+  def user_token(self, user_ids) -> np.ndarray:
+    """user_ids: [...] int dataset rows -> [...] int32 user tokens (negative rows -> PAD).
+
+    A fixed multiplicative hash (Knuth, mod 2^32, then an xor-shift) modulo
+    `num_user_buckets`: deterministic across runs and machines.
+    """
+    if self.num_user_buckets == 0:
+      raise DataError("TokenLayout.num_user_buckets is 0: there are no user tokens.")
+    users = np.asarray(user_ids).astype(np.int64)
+    flat = users.reshape(-1)
+    h = np.multiply(flat.astype(np.uint32), _HASH_MULTIPLIER)  # wraps mod 2^32
+    h = h ^ (h >> np.uint32(16))
+    tokens = (self.user_offset + (h % np.uint32(self.num_user_buckets)).astype(np.int64))
+    return np.where(flat >= 0, tokens, PAD_ID).astype(np.int32).reshape(users.shape)
+
+  def check_semantic_ids(self, semantic_ids) -> np.ndarray:
+    """Validates semantic_ids [num_items + 1, num_levels] against the layout; returns int32."""
+    ids = np.asarray(semantic_ids)
+    if ids.ndim != 2 or ids.shape[1] != self.num_levels or ids.shape[0] < 1:
+      raise DataError(f"semantic_ids must be [num_items + 1, {self.num_levels}], got shape "
+                      f"{ids.shape}.", fix="pass the table whose row 0 is padding and whose "
+                      "width matches TokenLayout.num_levels.")
+    sizes = np.asarray(self.codebook_sizes)
+    bad = (ids < 0) | (ids >= sizes)
+    if bad.any():
+      row, level = map(int, np.argwhere(bad)[0])
+      raise DataError(f"semantic_ids[{row}, {level}] = {ids[row, level]} is outside "
+                      f"[0, {sizes[level]}) for level {level}.",
+                      fix="build the TokenLayout from the same semantic IDs "
+                          "(TokenLayout.for_semantic_ids).")
+    return ids.astype(np.int32)
+
+
+def make_token_batch(batch: Mapping[str, np.ndarray], semantic_ids: np.ndarray,
+                     layout: TokenLayout, max_history: int = 20) -> dict:
+  """Turns an item batch into t5x-style token arrays (host side, NumPy).
+
+  The encoder sees the user token (if the layout has user buckets), then the codes of
+  the last min(W, max_history) history items, oldest first, 0-padded at the end. The
+  width depends only on W, so bucketed batches give a few static shapes.
+
+  Args:
+    batch: history [B, W] int32 (oldest first, 0-padded at the end), length [B] int32,
+      optional user [B] int32 (dataset row, -1 for padding rows), optional target [B]
+      int32 and weight [B] float32 (see `jaxrec.data.batching`).
+    semantic_ids: [num_items + 1, L] int codes; row 0 is padding.
+    layout: the token layout (L = layout.num_levels).
+    max_history: most recent items kept.
+
+  Returns:
+    encoder_input_tokens: [B, U + min(W, max_history) * L] int32 (U = 1 with user tokens).
+    With a target: decoder_input_tokens [B, L] int32 (BOS then the target's first L-1
+    code tokens), decoder_target_tokens [B, L] int32, decoder_loss_weights [B, L]
+    float32 (the batch weight, default 1, broadcast over the L tokens).
+
+  Raises:
+    DataError: bad shapes, lengths or item ids outside the semantic-ID table.
+  """
+  sids = layout.check_semantic_ids(semantic_ids)
+  num_items = sids.shape[0] - 1
+  if max_history < 1:
+    raise DataError(f"max_history must be >= 1, got {max_history}.")
+  history = np.asarray(batch["history"])
+  if history.ndim != 2:
+    raise DataError(f"batch['history'] must be [batch, width], got shape {history.shape}.")
+  size, width = history.shape
+  length = np.asarray(batch["length"]).astype(np.int64)
+  if length.shape != (size,) or (length < 0).any() or (length > width).any():
+    raise DataError(f"batch['length'] must be [{size}] values in [0, {width}], got "
+                    f"{length.tolist() if length.size < 20 else length.shape}.")
+  _check_items(history, num_items, "history")
+  keep = min(width, max_history)
+  start = np.maximum(length - keep, 0)
+  cols = start[:, None] + np.arange(keep)[None, :]
+  valid = np.arange(keep)[None, :] < np.minimum(length, keep)[:, None]
+  items = np.where(valid, np.take_along_axis(history, np.minimum(cols, width - 1), 1), 0)
+  tokens = np.where(items[..., None] > 0, layout.code_to_token(sids[items]), PAD_ID)
+  tokens = tokens.reshape(size, keep * layout.num_levels)
+  if layout.num_user_buckets:
+    user = np.asarray(batch.get("user", np.full(size, -1)))
+    tokens = np.concatenate([layout.user_token(user)[:, None], tokens], axis=1)
+  out = {"encoder_input_tokens": tokens.astype(np.int32)}
+  if "target" in batch:
+    target = np.asarray(batch["target"])
+    _check_items(target, num_items, "target")
+    targets = layout.code_to_token(sids[target]).astype(np.int32)
+    weight = np.asarray(batch.get("weight", np.ones(size)), np.float32)
+    out["decoder_input_tokens"] = np.concatenate(
+        [np.full((size, 1), BOS_ID, np.int32), targets[:, :-1]], axis=1)
+    out["decoder_target_tokens"] = targets
+    out["decoder_loss_weights"] = np.repeat(weight[:, None], layout.num_levels, axis=1)
+  return out
+
+
+def _check_items(items: np.ndarray, num_items: int, field: str):
+  bad = (items < 0) | (items > num_items)
+  if bad.any():
+    value = items[bad][0]
+    raise DataError(f"batch['{field}'] holds item id {value}, outside [0, {num_items}] of "
+                    f"the semantic-ID table.",
+                    fix="use the semantic IDs built for this dataset's item numbering.")

@@ -1,0 +1,430 @@
+"""A generic sharded trainer for models with the t5x `BaseModel` interface
+(`get_initial_variables`, `loss_fn`, `predict_batch`): resumable, validated, early-stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+import optax
+import tqdm
+
+from jaxrec import evaluation
+from jaxrec.data import batching
+from jaxrec.data.splits import LeaveOneOutSplit, TrainExamples
+from jaxrec.training import checkpoints
+from jaxrec.training import optimizers
+from jaxrec.training import partitioning
+from jaxrec.training import train_state as train_state_lib
+from jaxrec.training.train_state import TrainState
+
+BatchFn = Callable[[dict], dict]  # host data batch -> host model batch.
+PredictFn = Callable[[dict], np.ndarray]  # host model batch -> host predictions.
+MakeRecommender = Callable[[PredictFn], evaluation.Recommender]
+
+
+class WorkdirError(checkpoints.CheckpointError):
+  """The workdir holds another run; nothing was written."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+  """How the generator is trained.
+
+  Attributes:
+    num_steps: optimizer steps in total (a resumed run continues up to it).
+    eval_every: steps between validation runs (also after the last step); 0 = never.
+    checkpoint_every: steps between checkpoints (also after the last step).
+    keep_checkpoints: latest checkpoints kept (the best one is kept apart).
+    log_every: steps between `metrics.jsonl` entries.
+    early_stopping_patience: stop after this many validations without a new best
+      valid_metric; 0 = never stop early.
+    valid_metric: "<metric>@<k>" on the validation split that picks the best
+      checkpoint (higher is better).
+    seed: init and dropout seed (the data order is `batching.seed`).
+    max_history: history items per training example and per evaluated user.
+    batching: training batches (batch_size is global, over all processes).
+    mesh: the device mesh.
+    optimizer: optimizer and schedule.
+  """
+  num_steps: int = 200_000
+  eval_every: int = 10_000
+  checkpoint_every: int = 5_000
+  keep_checkpoints: int = 3
+  log_every: int = 100
+  early_stopping_patience: int = 0
+  valid_metric: str = "ndcg@10"
+  seed: int = 0
+  max_history: int = 20
+  batching: batching.BatchingConfig = batching.BatchingConfig()
+  mesh: partitioning.MeshConfig = partitioning.MeshConfig()
+  optimizer: optimizers.OptimizerConfig = optimizers.OptimizerConfig()
+
+
+def trajectory_fingerprint(config: TrainerConfig, *extra: Any) -> str:
+  """Hash of what determines the training trajectory (not num_steps, logging or the mesh)."""
+  keep = {k: v for k, v in dataclasses.asdict(config).items()
+          if k in ("seed", "max_history", "batching", "optimizer")}
+  blob = json.dumps([keep, *extra], sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def make_train_step(model: Any, optimizer: optax.GradientTransformation) -> Callable:
+  """Returns `step(state, batch, rng) -> (state, metrics)` to jit (see `jit_train_step`).
+
+  batch: the model batch, e.g. encoder_input_tokens [B, W], decoder_target_tokens
+  [B, L], decoder_loss_weights [B, L]. rng: the run's base key; the step's
+  dropout key is `fold_in(rng, state.step)`, so it depends only on (seed, step).
+  metrics: {"loss": scalar, **scalar metrics from model.loss_fn}.
+  """
+  def step(state: TrainState, batch: dict, rng: jax.Array):
+    dropout_rng = jax.random.fold_in(rng, state.step)
+    (loss, metrics), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(
+        state.params, batch, dropout_rng)
+    new_state = train_state_lib.apply_gradients(state, grads, optimizer)
+    scalars = {k: v for k, v in dict(metrics or {}).items() if getattr(v, "ndim", 1) == 0}
+    return new_state, {**scalars, "loss": loss}
+  return step
+
+
+def jit_train_step(step: Callable, mesh: jax.sharding.Mesh, state_shardings: Any) -> Callable:
+  """jit (= pjit) with state / data / replicated shardings, donating the state.
+
+  The returned callable traces under the mesh and the logical-axis rules, so
+  `nn.with_logical_constraint` in the model takes effect.
+  """
+  jitted = jax.jit(step, in_shardings=(state_shardings, partitioning.data_sharding(mesh),
+                                       partitioning.replicated(mesh)),
+                   out_shardings=(state_shardings, partitioning.replicated(mesh)),
+                   donate_argnums=0)
+
+  def call(state, batch, rng):
+    with partitioning.rules_context(mesh):
+      return jitted(state, batch, rng)
+  return call
+
+
+def make_predict_fn(model: Any, mesh: jax.sharding.Mesh, param_shardings: Any) -> Callable:
+  """Returns `predict(params, host_batch) -> np.ndarray` (every process passes the full batch).
+
+  Rows are split over "data" when the mesh divides the batch; the answer is
+  gathered to every process.
+  """
+  jitted = jax.jit(lambda params, batch: model.predict_batch(params, batch),
+                   out_shardings=partitioning.replicated(mesh))
+  data_size = mesh.shape[partitioning.DATA]
+
+  def predict(params, host_batch):
+    rows = len(next(iter(host_batch.values())))
+    sharding = (partitioning.data_sharding(mesh) if rows % data_size == 0
+                else partitioning.replicated(mesh))
+    with partitioning.rules_context(mesh):
+      out = jitted(params, partitioning.put_global(host_batch, sharding))
+    return np.asarray(jax.device_get(out))
+  del param_shardings  # params already carry their shardings.
+  return predict
+
+
+def example_batch(examples: TrainExamples, rows: int) -> dict:
+  """A full-width data batch of `rows` real examples (model init shapes, smoke checks)."""
+  idx = np.arange(rows) % len(examples)
+  return {"history": examples.histories[idx], "length": examples.lengths[idx],
+          "target": examples.targets[idx], "user": examples.users[idx].astype(np.int32),
+          "weight": np.ones([rows], np.float32)}
+
+
+class Trainer:
+  """Owns the mesh, the state layout and the jitted functions of one model + config.
+
+  Args:
+    model: t5x-style model: `get_initial_variables(rng, input_shapes)`,
+      `loss_fn(params, batch, dropout_rng) -> (loss, metrics)`,
+      `predict_batch(params, batch) -> [B, ...]`.
+    config: the trainer config.
+    input_shapes: {feature: shape} of one model batch (for initialization).
+    devices: default all devices.
+  """
+
+  def __init__(self, model: Any, config: TrainerConfig, input_shapes: Mapping[str, tuple],
+               devices: Optional[Sequence[jax.Device]] = None):
+    self.model = model
+    self.config = config
+    self.mesh = partitioning.make_mesh(config.mesh, devices)
+    data_size = self.mesh.shape[partitioning.DATA]
+    if config.batching.batch_size % data_size:
+      raise partitioning.MeshError(
+          f"BatchingConfig.batch_size={config.batching.batch_size} is not divisible by the "
+          f"mesh's data axis ({data_size}). Fix: use a multiple of {data_size}.")
+    self.optimizer = optimizers.make_optimizer(config.optimizer)
+    self.schedule = optimizers.make_schedule(config.optimizer)
+    shapes = {k: tuple(v) for k, v in input_shapes.items()}
+    self._init_fn = lambda rng: train_state_lib.create_train_state(
+        model, self.optimizer, rng, shapes)
+    self.rng = jax.random.PRNGKey(config.seed)
+    init_rng, self._dropout_rng = jax.random.split(self.rng)
+    self._init_rng = partitioning.put_global(np.asarray(init_rng),
+                                             partitioning.replicated(self.mesh))
+    self.step_rng = partitioning.put_global(np.asarray(self._dropout_rng),
+                                            partitioning.replicated(self.mesh))
+    self.abstract_state, self.state_shardings = partitioning.abstract_state(
+        self._init_fn, self.mesh, self._init_rng)
+    self.train_step = jit_train_step(make_train_step(model, self.optimizer), self.mesh,
+                                     self.state_shardings)
+    self.predict = make_predict_fn(model, self.mesh, self.state_shardings.params)
+
+  def init_state(self) -> TrainState:
+    state, _ = partitioning.sharded_init(self._init_fn, self.mesh, self._init_rng)
+    return state
+
+  def shard_batch(self, host_batch: dict) -> dict:
+    return partitioning.shard_batch(host_batch, self.mesh)
+
+  def step(self, state: TrainState, host_batch: dict) -> tuple:
+    """One update from this process's model-batch rows: (state, metrics)."""
+    return self.train_step(state, self.shard_batch(host_batch), self.step_rng)
+
+  def recommender(self, state: TrainState, make_recommender: MakeRecommender):
+    return make_recommender(lambda host_batch: self.predict(state.params, host_batch))
+
+
+# ---------------------------------------------------------------------------- workdir
+
+
+def _read_jsonl(path: str) -> list:
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _write_text(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def check_workdir(workdir: str, fingerprint: str, config_text: Optional[str] = None) -> None:
+  """Raises WorkdirError if `workdir` holds another run (before anything is written).
+
+  Another run: a `config.gin` that differs from `config_text`, checkpoints or
+  `metrics.jsonl` entries with another fingerprint.
+  """
+  config_path = os.path.join(workdir, "config.gin")
+  if config_text is not None and os.path.isfile(config_path):
+    with open(config_path) as f:
+      old = f.read()
+    if old != config_text:
+      diff = next((f"{a!r} vs {b!r}" for a, b in zip(old.splitlines(), config_text.splitlines())
+                   if a != b), "one config is longer")
+      raise WorkdirError(f"{workdir} holds another run: its config.gin differs from this "
+                         f"run's operative config (first difference: {diff}). Fix: use a "
+                         f"new --workdir, or rerun with the same gin files and flags.")
+  for sub in ("checkpoints", "best"):
+    directory = os.path.join(workdir, sub)
+    if not os.path.isdir(directory) or not os.listdir(directory):
+      continue
+    with checkpoints.Checkpointer(directory, fingerprint, async_save=False) as ckpt:
+      if ckpt.latest_step() is None:
+        continue
+      old_fp = ckpt.read_meta().get("fingerprint")
+    if old_fp != fingerprint:
+      raise WorkdirError(f"{directory} holds checkpoints of another run (fingerprint "
+                         f"{old_fp!r}, this run {fingerprint!r}). Fix: use a new --workdir "
+                         f"for this configuration.")
+  for entry in _read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+    if entry.get("fingerprint", fingerprint) != fingerprint:
+      raise WorkdirError(f"{workdir}/metrics.jsonl was written by another run (fingerprint "
+                         f"{entry['fingerprint']!r}). Fix: use a new --workdir.")
+
+
+class _MetricsLog:
+  """metrics.jsonl (process 0 writes); on resume, entries after the restored step are dropped."""
+
+  def __init__(self, path: str, resume_step: int):
+    self.path = path
+    self.enabled = jax.process_index() == 0
+    if self.enabled and os.path.isfile(path):
+      kept = [e for e in _read_jsonl(path) if e.get("step", 0) <= resume_step]
+      _write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
+
+  def write(self, entry: dict) -> None:
+    if self.enabled:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+# ---------------------------------------------------------------------------- train
+
+
+def _valid_value(result: dict, metric: str) -> float:
+  overall = result["metrics"]["overall"]
+  if metric not in overall:
+    raise ValueError(f"TrainerConfig.valid_metric={metric!r} is not among the evaluated "
+                     f"metrics {sorted(overall)}. Fix: use e.g. 'ndcg@10' or 'recall@10'.")
+  return float(overall[metric]["mean"])
+
+
+def run_validation(trainer: Trainer, state: TrainState, split: LeaveOneOutSplit,
+                   make_recommender: MakeRecommender, which: str = "valid",
+                   ks: Sequence[int] = (1, 5, 10, 20), batch_size: int = 256,
+                   num_bootstrap: int = 0, progress: bool = False, **kwargs) -> dict:
+  """`evaluation.evaluate` of the model's recommender at `state` (histories cut to max_history)."""
+  return evaluation.evaluate(trainer.recommender(state, make_recommender), split, which,
+                             ks=ks, batch_size=batch_size,
+                             max_history=trainer.config.max_history,
+                             num_bootstrap=num_bootstrap, progress=progress, **kwargs)
+
+
+def _eval_ks(metric: str, ks: Sequence[int]) -> list:
+  try:
+    k = int(metric.split("@")[1])
+  except (IndexError, ValueError):
+    raise ValueError(f"TrainerConfig.valid_metric={metric!r} is not '<metric>@<k>'. "
+                     f"Fix: use e.g. 'ndcg@10'.") from None
+  return sorted(set(ks) | {k})
+
+
+def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: TrainerConfig,
+          workdir: str, make_recommender: Optional[MakeRecommender] = None,
+          fingerprint: str = "", config_text: Optional[str] = None,
+          eval_ks: Sequence[int] = (1, 5, 10, 20), eval_batch_size: int = 256,
+          progress: bool = True, devices: Optional[Sequence[jax.Device]] = None,
+          on_step: Optional[Callable[[int, TrainState], None]] = None) -> dict:
+  """Trains (or resumes) in `workdir`; validates, keeps the best checkpoint, stops early.
+
+  Workdir: `config.gin` (config_text), `metrics.jsonl` (one JSON per log step:
+  step, loss, examples_per_s, lr; eval entries with "valid/<metric>"),
+  `checkpoints/<step>` (state + meta with the data-iterator state) and
+  `best/<step>` (the best state by config.valid_metric).
+
+  Args:
+    model: see `Trainer`.
+    split: leave-one-out split; training examples come from its train part.
+    batch_fn: host data batch (history [B, W], length, target, user, weight)
+      -> host model batch (same B).
+    config: the trainer config.
+    workdir: output folder; a previous run of the same fingerprint resumes.
+    make_recommender: `make_recommender(predict) -> recommend(histories, k)`
+      where predict(model_batch) -> model.predict_batch output as NumPy; None
+      disables validation.
+    fingerprint: identifies model / data / IDs; combined with the trajectory
+      fields of config.
+    config_text: the operative gin config (written as config.gin, checked on resume).
+    eval_ks: cutoffs computed at each validation.
+    eval_batch_size: users per recommender call.
+    progress: tqdm bar (process 0).
+    devices: default all devices.
+    on_step: called after every step with (step, state) (tests, custom hooks).
+
+  Returns:
+    {"step", "best_step", "best_value", "valid_metric", "stopped_early", "loss", "seconds"}.
+
+  Raises:
+    WorkdirError / checkpoints.CheckpointError: the workdir holds another run.
+  """
+  started = time.perf_counter()
+  fp = trajectory_fingerprint(config, fingerprint)
+  check_workdir(workdir, fp, config_text)
+  ks = _eval_ks(config.valid_metric, eval_ks)
+  examples = split.train_examples(config.max_history)
+  local_rows = config.batching.batch_size // jax.process_count()
+  input_shapes = {k: np.shape(v) for k, v in batch_fn(example_batch(examples, local_rows)).items()}
+  trainer = Trainer(model, config, input_shapes, devices)
+  os.makedirs(workdir, exist_ok=True)
+  if config_text is not None and jax.process_index() == 0:
+    _write_text(os.path.join(workdir, "config.gin"), config_text)
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), fp,
+                                  max_to_keep=config.keep_checkpoints,
+                                  save_interval_steps=config.checkpoint_every)
+  best_ckpt = checkpoints.Checkpointer(os.path.join(workdir, "best"), fp, max_to_keep=1,
+                                       async_save=False)
+  try:
+    if ckpt.latest_step() is not None:
+      state, meta = ckpt.restore(trainer.abstract_state)
+    else:
+      state, meta = trainer.init_state(), {}
+    step = int(state.step)
+    best = {"best_step": meta.get("best_step"), "best_value": meta.get("best_value"),
+            "evals_since_best": meta.get("evals_since_best", 0),
+            "stopped_early": meta.get("stopped_early", False)}
+    log = _MetricsLog(os.path.join(workdir, "metrics.jsonl"), step)
+    log.write({"step": step, "event": "start" if step == 0 else "resume", "fingerprint": fp,
+               "devices": jax.device_count(), "processes": jax.process_count(),
+               "mesh": dict(trainer.mesh.shape)})
+    it = batching.train_iterator(examples, config.batching, state=meta.get("data_state"))
+    pending, window_start, last_loss = [], time.perf_counter(), None
+    bar = tqdm.tqdm(total=config.num_steps, initial=step, unit="step", desc="train",
+                    disable=not progress or jax.process_index() != 0)
+    while step < config.num_steps and not best["stopped_early"]:
+      state, metrics = trainer.step(state, batch_fn(next(it)))
+      step += 1
+      pending.append(metrics)
+      if on_step is not None:
+        on_step(step, state)
+      last = step == config.num_steps
+      if step % config.log_every == 0 or last:
+        values = jax.device_get(pending)
+        seconds = time.perf_counter() - window_start
+        entry = {"step": step, **{k: float(np.mean([v[k] for v in values])) for k in values[0]},
+                 "examples_per_s": len(values) * config.batching.batch_size / max(seconds, 1e-9),
+                 "lr": float(trainer.schedule(step - 1))}
+        log.write(entry)
+        last_loss = entry["loss"]
+        bar.set_postfix(loss=f"{entry['loss']:.4f}", ex_s=f"{entry['examples_per_s']:.0f}")
+        pending, window_start = [], time.perf_counter()
+      bar.update(1)
+      if make_recommender is not None and (
+          last or (config.eval_every and step % config.eval_every == 0)):
+        result = run_validation(trainer, state, split, make_recommender, ks=ks,
+                                batch_size=eval_batch_size)
+        value = _valid_value(result, config.valid_metric)
+        log.write({"step": step, "event": "eval", "split": "valid",
+                   "seconds": result["seconds"],
+                   **{f"valid/{k}": v["mean"] for k, v in result["metrics"]["overall"].items()}})
+        if best["best_value"] is None or value > best["best_value"]:
+          best.update(best_step=step, best_value=value, evals_since_best=0)
+          best_ckpt.save(step, state, {"valid_metric": config.valid_metric, "value": value},
+                         force=True)
+        else:
+          best["evals_since_best"] += 1
+          patience = config.early_stopping_patience
+          if patience and best["evals_since_best"] >= patience:
+            best["stopped_early"] = True
+            log.write({"step": step, "event": "early_stop", **best})
+        window_start = time.perf_counter()
+      meta = {"data_state": it.get_state(), **best}
+      ckpt.save(step, state, meta, force=last or best["stopped_early"])
+    bar.close()
+    if ckpt.latest_step() != step:
+      ckpt.save(step, state, {"data_state": it.get_state(), **best}, force=True)
+  finally:
+    ckpt.close()
+    best_ckpt.close()
+  summary = {"step": step, "valid_metric": config.valid_metric, "loss": last_loss,
+             "seconds": time.perf_counter() - started, **best}
+  log.write({"step": step, "event": "end", **{k: v for k, v in summary.items() if k != "step"}})
+  return summary
+
+
+def restore_params(trainer: Trainer, workdir: str, fingerprint: str,
+                   which: str = "best") -> tuple:
+  """(state, meta) from `<workdir>/best` (falls back to the latest) or `<workdir>/checkpoints`."""
+  order = ("best", "checkpoints") if which == "best" else ("checkpoints",)
+  for sub in order:
+    directory = os.path.join(workdir, sub)
+    if not os.path.isdir(directory):
+      continue
+    with checkpoints.Checkpointer(directory, fingerprint, async_save=False) as ckpt:
+      if ckpt.latest_step() is not None:
+        return ckpt.restore(trainer.abstract_state)
+  raise checkpoints.CheckpointError(
+      f"no checkpoint in {workdir}/{{{','.join(order)}}}. Fix: train first "
+      f"(tools/train.py) with this --workdir and the same gin config.")
