@@ -7,7 +7,7 @@ import pytest
 from jaxrec import configs
 
 GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin_configs"
-MACROS = ["WORKDIR = '/tmp/w'", "EMBEDDINGS = '/tmp/e.npy'"]
+MACROS = ["WORKDIR = '/tmp/w'", "EMBEDDINGS = '/tmp/e.npy'", "SEMANTIC_IDS = '/tmp/s.npy'"]
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Sequence
 
 import jax.numpy as jnp
@@ -62,7 +63,7 @@ class T5Config:
                  "num_encoder_layers", "num_decoder_layers",
                  "relative_attention_num_buckets", "relative_attention_max_distance"):
       value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         _fail(name, f"must be a positive integer, got {value!r}", "bind a positive integer.")
     if self.relative_attention_num_buckets < 4:
       _fail("relative_attention_num_buckets",

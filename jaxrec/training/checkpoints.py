@@ -8,7 +8,8 @@ resumed run needs). Restoring refuses a checkpoint written for another config.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+import re
+from typing import Any, Optional, Sequence
 
 import jax
 import orbax.checkpoint as ocp
@@ -16,6 +17,52 @@ import orbax.checkpoint as ocp
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be used here; the message says why and what to do."""
+
+
+class WorkdirError(CheckpointError):
+  """The workdir holds another run; nothing was written."""
+
+
+def check_run_dir(workdir: str, fingerprint: str, config_text: Optional[str] = None,
+                  subdirs: Sequence[str] = ("checkpoints",), changeable_lines: str = "",
+                  changeable_names: str = "") -> None:
+  """Raises WorkdirError if `workdir` holds another run; reads only, writes nothing.
+
+  Args:
+    workdir: the run folder.
+    fingerprint: this run's configuration fingerprint.
+    config_text: this run's operative config; compared with `<workdir>/config.gin`
+      (blank and comment lines, and lines matching `changeable_lines`, ignored).
+    subdirs: checkpoint folders whose latest meta must carry `fingerprint`.
+    changeable_lines: regex of config lines that may differ (e.g. step counts).
+    changeable_names: how the error message names those lines.
+  """
+  def lines(text):
+    return [l for l in text.splitlines() if l.strip() and not l.startswith("#") and
+            not (changeable_lines and re.search(changeable_lines, l))]
+
+  config_path = os.path.join(workdir, "config.gin")
+  if config_text is not None and os.path.isfile(config_path):
+    with open(config_path) as f:
+      old = lines(f.read())
+    new = lines(config_text)
+    if old != new:
+      diff = next((f"{a!r} vs {b!r}" for a, b in zip(old, new) if a != b),
+                  "one config has more lines")
+      allowed = f" (only {changeable_names} may change on resume)" if changeable_names else ""
+      raise WorkdirError(f"{workdir} holds another run: its config.gin differs from this "
+                         f"run's operative config (first difference: {diff}). Fix: use a "
+                         f"new --workdir, or rerun with the same gin files and flags{allowed}.")
+  for sub in subdirs:
+    directory = os.path.join(workdir, sub)
+    if not os.path.isdir(directory) or not os.listdir(directory):
+      continue
+    with Checkpointer(directory, fingerprint, async_save=False) as ckpt:
+      old_fp = ckpt.read_meta().get("fingerprint") if ckpt.latest_step() is not None else None
+    if old_fp is not None and old_fp != fingerprint:
+      raise WorkdirError(f"{directory} holds checkpoints of another run (fingerprint "
+                         f"{old_fp!r}, this run {fingerprint!r}). Fix: use a new --workdir "
+                         f"for this configuration.")
 
 
 class Checkpointer:
@@ -42,6 +89,15 @@ class Checkpointer:
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
+
+  def all_steps(self) -> list:
+    return sorted(self._manager.all_steps())
+
+  def delete_after(self, step: int) -> None:
+    """Deletes checkpoints of steps > `step` (left by a run killed after it saved them)."""
+    for later in self.all_steps():
+      if later > step:
+        self._manager.delete(later)
 
   def save(self, step: int, state: Any, meta: Optional[dict] = None, force: bool = False) -> bool:
     """Saves (state, meta) at `step` if the interval says so (or `force`)."""

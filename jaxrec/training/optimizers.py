@@ -66,9 +66,11 @@ class OptimizerConfig:
 
 def rsqrt_schedule(learning_rate: float, warmup_steps: int) -> optax.Schedule:
   """lr for steps < warmup, then lr * sqrt(warmup / step): lr/2 at 4 * warmup."""
-  warmup = max(int(warmup_steps), 1)
-  decay = lambda count: learning_rate * jnp.sqrt(warmup / (count + warmup))
-  return optax.join_schedules([optax.constant_schedule(learning_rate), decay], [warmup])
+  warmup = float(max(int(warmup_steps), 1))
+
+  def schedule(count):
+    return learning_rate * jnp.sqrt(warmup / jnp.maximum(jnp.asarray(count, jnp.float32), warmup))
+  return schedule
 
 
 def make_schedule(config: OptimizerConfig) -> optax.Schedule:

@@ -93,6 +93,13 @@ def make_mesh(config: MeshConfig = MeshConfig(),
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
+def unbox(tree: Any) -> Any:
+  """Strips logical boxes without sharding constraints (shardings come from out_shardings;
+  a box whose names do not fit its value, e.g. Adafactor's factored moments, stays legal)."""
+  is_box = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731
+  return jax.tree.map(lambda x: x.value if is_box(x) else x, tree, is_leaf=is_box)
+
+
 def rules_context(mesh: jax.sharding.Mesh):
   """Context activating the mesh and the logical rules (needed while tracing)."""
   stack = contextlib.ExitStack()
@@ -136,7 +143,7 @@ def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh) -> Any:
     A pytree of NamedSharding with the structure of the unboxed state.
   """
   logical = nn.get_partition_spec(abstract_state)
-  shapes = nn.meta.unbox(abstract_state)
+  shapes = unbox(abstract_state)
 
   def one(spec, leaf):
     mesh_spec = nn.logical_to_mesh_axes(tuple(spec), LOGICAL_AXIS_RULES)
@@ -155,7 +162,7 @@ def abstract_state(init_fn: Callable, mesh: jax.sharding.Mesh, *args) -> tuple:
   boxed = jax.eval_shape(init_fn, *args)
   shardings = state_shardings(boxed, mesh)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          nn.meta.unbox(boxed), shardings)
+                          unbox(boxed), shardings)
   return abstract, shardings
 
 
@@ -172,7 +179,7 @@ def sharded_init(init_fn: Callable, mesh: jax.sharding.Mesh, *args) -> tuple:
   """
   _, shardings = abstract_state(init_fn, mesh, *args)
   with rules_context(mesh):
-    state = jax.jit(lambda *a: nn.meta.unbox(init_fn(*a)), out_shardings=shardings)(*args)
+    state = jax.jit(lambda *a: unbox(init_fn(*a)), out_shardings=shardings)(*args)
   return state, shardings
 
 

@@ -28,10 +28,7 @@ from jaxrec.training.train_state import TrainState
 BatchFn = Callable[[dict], dict]  # host data batch -> host model batch.
 PredictFn = Callable[[dict], np.ndarray]  # host model batch -> host predictions.
 MakeRecommender = Callable[[PredictFn], evaluation.Recommender]
-
-
-class WorkdirError(checkpoints.CheckpointError):
-  """The workdir holds another run; nothing was written."""
+WorkdirError = checkpoints.WorkdirError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +66,12 @@ class TrainerConfig:
 
 
 def trajectory_fingerprint(config: TrainerConfig, *extra: Any) -> str:
-  """Hash of what determines the training trajectory (not num_steps, logging or the mesh)."""
+  """Hash of what determines the training trajectory (not num_steps, logging, the mesh
+  or the data-loading threads), plus `extra` (model, data, IDs)."""
   keep = {k: v for k, v in dataclasses.asdict(config).items()
           if k in ("seed", "max_history", "batching", "optimizer")}
+  for io_only in ("num_threads", "prefetch"):  # data order does not depend on them.
+    keep["batching"].pop(io_only)
   blob = json.dumps([keep, *extra], sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -111,7 +111,7 @@ def jit_train_step(step: Callable, mesh: jax.sharding.Mesh, state_shardings: Any
   return call
 
 
-def make_predict_fn(model: Any, mesh: jax.sharding.Mesh, param_shardings: Any) -> Callable:
+def make_predict_fn(model: Any, mesh: jax.sharding.Mesh) -> Callable:
   """Returns `predict(params, host_batch) -> np.ndarray` (every process passes the full batch).
 
   Rows are split over "data" when the mesh divides the batch; the answer is
@@ -128,7 +128,6 @@ def make_predict_fn(model: Any, mesh: jax.sharding.Mesh, param_shardings: Any) -
     with partitioning.rules_context(mesh):
       out = jitted(params, partitioning.put_global(host_batch, sharding))
     return np.asarray(jax.device_get(out))
-  del param_shardings  # params already carry their shardings.
   return predict
 
 
@@ -177,7 +176,7 @@ class Trainer:
         self._init_fn, self.mesh, self._init_rng)
     self.train_step = jit_train_step(make_train_step(model, self.optimizer), self.mesh,
                                      self.state_shardings)
-    self.predict = make_predict_fn(model, self.mesh, self.state_shardings.params)
+    self.predict = make_predict_fn(model, self.mesh)
 
   def init_state(self) -> TrainState:
     state, _ = partitioning.sharded_init(self._init_fn, self.mesh, self._init_rng)
@@ -211,34 +210,22 @@ def _write_text(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+# TrainerConfig fields a resumed run may change (with the mesh): not part of the trajectory.
+RESUMABLE_FIELDS = ("num_steps", "eval_every", "checkpoint_every", "keep_checkpoints",
+                    "log_every", "early_stopping_patience")
+_RESUMABLE = r"(TrainerConfig\.(%s)|MeshConfig\.\w+)\s*=" % "|".join(RESUMABLE_FIELDS)
+
+
 def check_workdir(workdir: str, fingerprint: str, config_text: Optional[str] = None) -> None:
   """Raises WorkdirError if `workdir` holds another run (before anything is written).
 
-  Another run: a `config.gin` that differs from `config_text`, checkpoints or
-  `metrics.jsonl` entries with another fingerprint.
+  Another run: a `config.gin` that differs from `config_text` (other than in
+  RESUMABLE_FIELDS and the mesh), checkpoints or `metrics.jsonl` entries with
+  another fingerprint (`trajectory_fingerprint`).
   """
-  config_path = os.path.join(workdir, "config.gin")
-  if config_text is not None and os.path.isfile(config_path):
-    with open(config_path) as f:
-      old = f.read()
-    if old != config_text:
-      diff = next((f"{a!r} vs {b!r}" for a, b in zip(old.splitlines(), config_text.splitlines())
-                   if a != b), "one config is longer")
-      raise WorkdirError(f"{workdir} holds another run: its config.gin differs from this "
-                         f"run's operative config (first difference: {diff}). Fix: use a "
-                         f"new --workdir, or rerun with the same gin files and flags.")
-  for sub in ("checkpoints", "best"):
-    directory = os.path.join(workdir, sub)
-    if not os.path.isdir(directory) or not os.listdir(directory):
-      continue
-    with checkpoints.Checkpointer(directory, fingerprint, async_save=False) as ckpt:
-      if ckpt.latest_step() is None:
-        continue
-      old_fp = ckpt.read_meta().get("fingerprint")
-    if old_fp != fingerprint:
-      raise WorkdirError(f"{directory} holds checkpoints of another run (fingerprint "
-                         f"{old_fp!r}, this run {fingerprint!r}). Fix: use a new --workdir "
-                         f"for this configuration.")
+  names = f"TrainerConfig.{{{','.join(RESUMABLE_FIELDS)}}} and MeshConfig"
+  checkpoints.check_run_dir(workdir, fingerprint, config_text, subdirs=("checkpoints", "best"),
+                            changeable_lines=_RESUMABLE, changeable_names=names)
   for entry in _read_jsonl(os.path.join(workdir, "metrics.jsonl")):
     if entry.get("fingerprint", fingerprint) != fingerprint:
       raise WorkdirError(f"{workdir}/metrics.jsonl was written by another run (fingerprint "
@@ -274,29 +261,62 @@ def _valid_value(result: dict, metric: str) -> float:
 
 def run_validation(trainer: Trainer, state: TrainState, split: LeaveOneOutSplit,
                    make_recommender: MakeRecommender, which: str = "valid",
-                   ks: Sequence[int] = (1, 5, 10, 20), batch_size: int = 256,
-                   num_bootstrap: int = 0, progress: bool = False, **kwargs) -> dict:
-  """`evaluation.evaluate` of the model's recommender at `state` (histories cut to max_history)."""
+                   **options) -> dict:
+  """`evaluation.evaluate` of the model's recommender at `state`.
+
+  Histories are cut to config.max_history; no bootstrap and no progress bar
+  unless `options` (evaluate's keyword arguments) say otherwise.
+  """
+  options = {"max_history": trainer.config.max_history, "num_bootstrap": 0,
+             "progress": False, **options}
   return evaluation.evaluate(trainer.recommender(state, make_recommender), split, which,
-                             ks=ks, batch_size=batch_size,
-                             max_history=trainer.config.max_history,
-                             num_bootstrap=num_bootstrap, progress=progress, **kwargs)
+                             **options)
 
 
-def _eval_ks(metric: str, ks: Sequence[int]) -> list:
+def _eval_options(metric: str, options: Optional[Mapping]) -> dict:
+  options = dict(options or {})
   try:
     k = int(metric.split("@")[1])
   except (IndexError, ValueError):
     raise ValueError(f"TrainerConfig.valid_metric={metric!r} is not '<metric>@<k>'. "
                      f"Fix: use e.g. 'ndcg@10'.") from None
-  return sorted(set(ks) | {k})
+  options["ks"] = sorted(set(options.get("ks", (1, 5, 10, 20))) | {k})
+  return options
+
+
+def input_shapes(split: LeaveOneOutSplit, batch_fn: BatchFn, config: TrainerConfig) -> dict:
+  """{feature: shape} of this process's model batch at full history width."""
+  examples = split.train_examples(config.max_history)
+  rows = config.batching.batch_size // jax.process_count()
+  return {k: np.shape(v) for k, v in batch_fn(example_batch(examples, rows)).items()}
+
+
+def _validate(trainer: Trainer, state: TrainState, split: LeaveOneOutSplit,
+              make_recommender: MakeRecommender, options: dict, best: dict,
+              best_ckpt: checkpoints.Checkpointer, log: _MetricsLog) -> None:
+  """Validates, logs, saves a new best, counts evals without one (updates `best` in place)."""
+  config, step = trainer.config, int(state.step)
+  result = run_validation(trainer, state, split, make_recommender, **options)
+  value = _valid_value(result, config.valid_metric)
+  log.write({"step": step, "event": "eval", "split": "valid", "seconds": result["seconds"],
+             **{f"valid/{k}": v["mean"] for k, v in result["metrics"]["overall"].items()}})
+  if best["best_value"] is None or value > best["best_value"]:
+    best.update(best_step=step, best_value=value, evals_since_best=0)
+    best_ckpt.save(step, state, {"valid_metric": config.valid_metric, "value": value},
+                   force=True)
+    return
+  best["evals_since_best"] += 1
+  patience = config.early_stopping_patience
+  if patience and best["evals_since_best"] >= patience:
+    best["stopped_early"] = True
+    log.write({"step": step, "event": "early_stop", **best})
 
 
 def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: TrainerConfig,
           workdir: str, make_recommender: Optional[MakeRecommender] = None,
           fingerprint: str = "", config_text: Optional[str] = None,
-          eval_ks: Sequence[int] = (1, 5, 10, 20), eval_batch_size: int = 256,
-          progress: bool = True, devices: Optional[Sequence[jax.Device]] = None,
+          eval_options: Optional[Mapping] = None, progress: bool = True,
+          devices: Optional[Sequence[jax.Device]] = None,
           on_step: Optional[Callable[[int, TrainState], None]] = None) -> dict:
   """Trains (or resumes) in `workdir`; validates, keeps the best checkpoint, stops early.
 
@@ -318,11 +338,12 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
     fingerprint: identifies model / data / IDs; combined with the trajectory
       fields of config.
     config_text: the operative gin config (written as config.gin, checked on resume).
-    eval_ks: cutoffs computed at each validation.
-    eval_batch_size: users per recommender call.
+    eval_options: keyword arguments of `evaluation.evaluate` for validation
+      (ks, batch_size, exclude_history, ...); the valid_metric's k is added.
     progress: tqdm bar (process 0).
     devices: default all devices.
-    on_step: called after every step with (step, state) (tests, custom hooks).
+    on_step: called at the end of every step (after logging, validation and
+      checkpointing) with (step, state): tests, custom hooks.
 
   Returns:
     {"step", "best_step", "best_value", "valid_metric", "stopped_early", "loss", "seconds"}.
@@ -333,17 +354,14 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
   started = time.perf_counter()
   fp = trajectory_fingerprint(config, fingerprint)
   check_workdir(workdir, fp, config_text)
-  ks = _eval_ks(config.valid_metric, eval_ks)
+  options = _eval_options(config.valid_metric, eval_options)
   examples = split.train_examples(config.max_history)
-  local_rows = config.batching.batch_size // jax.process_count()
-  input_shapes = {k: np.shape(v) for k, v in batch_fn(example_batch(examples, local_rows)).items()}
-  trainer = Trainer(model, config, input_shapes, devices)
+  trainer = Trainer(model, config, input_shapes(split, batch_fn, config), devices)
   os.makedirs(workdir, exist_ok=True)
   if config_text is not None and jax.process_index() == 0:
     _write_text(os.path.join(workdir, "config.gin"), config_text)
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), fp,
-                                  max_to_keep=config.keep_checkpoints,
-                                  save_interval_steps=config.checkpoint_every)
+                                  max_to_keep=config.keep_checkpoints)
   best_ckpt = checkpoints.Checkpointer(os.path.join(workdir, "best"), fp, max_to_keep=1,
                                        async_save=False)
   try:
@@ -352,6 +370,7 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
     else:
       state, meta = trainer.init_state(), {}
     step = int(state.step)
+    best_ckpt.delete_after(step)  # a best saved after the restored step (killed run).
     best = {"best_step": meta.get("best_step"), "best_value": meta.get("best_value"),
             "evals_since_best": meta.get("evals_since_best", 0),
             "stopped_early": meta.get("stopped_early", False)}
@@ -367,8 +386,6 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
       state, metrics = trainer.step(state, batch_fn(next(it)))
       step += 1
       pending.append(metrics)
-      if on_step is not None:
-        on_step(step, state)
       last = step == config.num_steps
       if step % config.log_every == 0 or last:
         values = jax.device_get(pending)
@@ -383,28 +400,13 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
       bar.update(1)
       if make_recommender is not None and (
           last or (config.eval_every and step % config.eval_every == 0)):
-        result = run_validation(trainer, state, split, make_recommender, ks=ks,
-                                batch_size=eval_batch_size)
-        value = _valid_value(result, config.valid_metric)
-        log.write({"step": step, "event": "eval", "split": "valid",
-                   "seconds": result["seconds"],
-                   **{f"valid/{k}": v["mean"] for k, v in result["metrics"]["overall"].items()}})
-        if best["best_value"] is None or value > best["best_value"]:
-          best.update(best_step=step, best_value=value, evals_since_best=0)
-          best_ckpt.save(step, state, {"valid_metric": config.valid_metric, "value": value},
-                         force=True)
-        else:
-          best["evals_since_best"] += 1
-          patience = config.early_stopping_patience
-          if patience and best["evals_since_best"] >= patience:
-            best["stopped_early"] = True
-            log.write({"step": step, "event": "early_stop", **best})
+        _validate(trainer, state, split, make_recommender, options, best, best_ckpt, log)
         window_start = time.perf_counter()
-      meta = {"data_state": it.get_state(), **best}
-      ckpt.save(step, state, meta, force=last or best["stopped_early"])
+      if last or best["stopped_early"] or step % config.checkpoint_every == 0:
+        ckpt.save(step, state, {"data_state": it.get_state(), **best}, force=True)
+      if on_step is not None:
+        on_step(step, state)
     bar.close()
-    if ckpt.latest_step() != step:
-      ckpt.save(step, state, {"data_state": it.get_state(), **best}, force=True)
   finally:
     ckpt.close()
     best_ckpt.close()
@@ -414,8 +416,8 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
   return summary
 
 
-def restore_params(trainer: Trainer, workdir: str, fingerprint: str,
-                   which: str = "best") -> tuple:
+def restore_state(trainer: Trainer, workdir: str, fingerprint: str,
+                  which: str = "best") -> tuple:
   """(state, meta) from `<workdir>/best` (falls back to the latest) or `<workdir>/checkpoints`."""
   order = ("best", "checkpoints") if which == "best" else ("checkpoints",)
   for sub in order:

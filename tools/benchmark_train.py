@@ -1,0 +1,141 @@
+"""Training throughput of the TIGER-size T5 on Beauty-shaped batches (batch 256, history <= 20).
+
+Times jaxrec's jitted train step (Adafactor, rsqrt schedule) on real Beauty
+training batches, unbucketed (every batch padded to 20 history items) and
+bucketed (padded to 5 / 10 / 20 items), reports XLA's FLOPs per example and the
+achieved GFLOP/s, and, given --torch_python (an interpreter with torch and
+transformers), times the same-size HuggingFace T5 (T5 1.1, gated-GELU) train
+step on the same shapes in the same run, as the PyTorch reference.
+
+  python tools/benchmark_train.py --dataset=beauty --torch_python=/path/to/venv/bin/python
+"""
+
+import json
+import subprocess
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from jaxrec.data import batching
+from jaxrec.data import loading
+from jaxrec.data.splits import leave_one_out
+from jaxrec.generator import config as t5_config
+from jaxrec.generator import model as model_lib
+from jaxrec.generator import vocab
+from jaxrec.training import trainer as trainer_lib
+
+_DATASET = flags.DEFINE_string("dataset", "beauty", "dataset (loading.dataset_names()).")
+_BATCH = flags.DEFINE_integer("batch_size", 256, "global batch size.")
+_STEPS = flags.DEFINE_integer("steps", 30, "timed steps per variant.")
+_LEVELS = flags.DEFINE_integer("levels", 4, "codes per item (3 + collision level).")
+_TORCH = flags.DEFINE_string("torch_python", None, "python with torch + transformers.")
+_JSON = flags.DEFINE_string("json", None, "also write the figures here.")
+
+_TORCH_SCRIPT = r"""
+import json, sys, time, torch
+from transformers import T5Config, T5ForConditionalGeneration
+a = json.loads(sys.argv[1])
+torch.manual_seed(0)
+torch.set_num_threads(a["threads"])
+cfg = T5Config(vocab_size=a["vocab"], d_model=128, d_kv=64, d_ff=1024, num_layers=4,
+               num_decoder_layers=4, num_heads=6, dropout_rate=0.1,
+               feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+               decoder_start_token_id=1, pad_token_id=0)
+model = T5ForConditionalGeneration(cfg).train()
+opt = torch.optim.Adafactor(model.parameters(), lr=0.01) if hasattr(torch.optim, "Adafactor") \
+    else torch.optim.AdamW(model.parameters(), lr=0.01)
+B, W, L = a["batch"], a["enc_len"], a["levels"]
+x = torch.randint(2, a["vocab"], (B, W)); y = torch.randint(2, 1026, (B, L))
+def step():
+  opt.zero_grad(); loss = model(input_ids=x, attention_mask=torch.ones_like(x), labels=y).loss
+  loss.backward(); opt.step()
+for _ in range(2): step()
+t = time.perf_counter()
+for _ in range(a["steps"]): step()
+print(json.dumps({"examples_per_s": B * a["steps"] / (time.perf_counter() - t),
+                  "optimizer": type(opt).__name__, "torch": torch.__version__}))
+"""
+
+
+def _time_steps(trainer, state, batches, steps):
+  """Examples/s over `steps` batches (compilation excluded: every shape is warmed up)."""
+  for b in {b["encoder_input_tokens"].shape[1]: b for b in batches}.values():
+    state, m = trainer.step(state, b)
+  jax.block_until_ready(m["loss"])
+  start = time.perf_counter()
+  n = 0
+  for i in range(steps):
+    state, m = trainer.step(state, batches[i % len(batches)])
+    n += len(batches[i % len(batches)]["decoder_target_tokens"])
+  jax.block_until_ready(m["loss"])
+  return state, n / (time.perf_counter() - start)
+
+
+def _flops(trainer, state, batch):
+  """XLA's count of FLOPs for one train step on `batch`."""
+  lowered = jax.jit(trainer_lib.make_train_step(trainer.model, trainer.optimizer)).lower(
+      state, trainer.shard_batch(batch), trainer.step_rng)
+  cost = lowered.compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan")))
+
+
+def main(argv):
+  del argv
+  data = loading.load_dataset(_DATASET.value)
+  split = leave_one_out(data)
+  examples = split.train_examples(20)
+  rng = np.random.default_rng(0)
+  levels = _LEVELS.value
+  sids = np.concatenate([np.zeros([1, levels], np.int32),
+                         rng.integers(0, 256, [data.num_items, levels]).astype(np.int32)])
+  layout = vocab.TokenLayout(num_levels=levels, codebook_sizes=256)
+  config = t5_config.T5Config.tiger(layout.vocab_size)
+  model = model_lib.EncoderDecoderModel.from_config(config, layout)
+  results = {"dataset": _DATASET.value, "batch_size": _BATCH.value, "levels": levels,
+             "vocab_size": layout.vocab_size, "devices": jax.device_count(),
+             "backend": jax.default_backend()}
+  state = None
+  for name, boundaries in (("unbucketed", ()), ("bucketed", (5, 10, 20))):
+    bcfg = batching.BatchingConfig(batch_size=_BATCH.value, bucket_boundaries=boundaries,
+                                   sort_pool_batches=32 if boundaries else 0)
+    it = batching.train_iterator(examples, bcfg)
+    batches = [vocab.make_token_batch(next(it), sids, layout, max_history=20)
+               for _ in range(_STEPS.value)]
+    tcfg = trainer_lib.TrainerConfig(batching=bcfg)
+    shapes = {k: v.shape for k, v in batches[0].items()}
+    trainer = trainer_lib.Trainer(model, tcfg, shapes)
+    if state is None:
+      state = trainer.init_state()
+      results["params"] = int(sum(x.size for x in jax.tree.leaves(state.params)))
+    full = max(batches, key=lambda b: b["encoder_input_tokens"].shape[1])
+    flops = _flops(trainer, state, full) / _BATCH.value
+    state, eps = _time_steps(trainer, state, batches, _STEPS.value)
+    widths = sorted({b["encoder_input_tokens"].shape[1] for b in batches})
+    results[name] = {"examples_per_s": round(eps, 1), "encoder_lengths": widths,
+                     "flops_per_example_at_full_width": flops,
+                     "gflops_per_s_at_full_width_equivalent": round(eps * flops / 1e9, 2)}
+    print(name, results[name], flush=True)
+  if _TORCH.value:
+    args = {"vocab": layout.vocab_size, "batch": _BATCH.value, "enc_len": 1 + 20 * levels,
+            "levels": levels, "steps": max(3, _STEPS.value // 5), "threads": 2}
+    out = subprocess.run([_TORCH.value, "-c", _TORCH_SCRIPT, json.dumps(args)],
+                         capture_output=True, text=True, timeout=1800)
+    if out.returncode == 0:
+      results["pytorch_reference"] = json.loads(out.stdout.strip().splitlines()[-1])
+      ref = results["pytorch_reference"]["examples_per_s"]
+      results["speedup_vs_pytorch"] = {k: round(results[k]["examples_per_s"] / ref, 2)
+                                       for k in ("unbucketed", "bucketed")}
+    else:
+      results["pytorch_reference_error"] = out.stderr[-1000:]
+  print(json.dumps(results, indent=1))
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
