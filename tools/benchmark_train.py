@@ -111,13 +111,14 @@ def main(argv):
     if state is None:
       state = trainer.init_state()
       results["params"] = int(sum(x.size for x in jax.tree.leaves(state.params)))
-    full = max(batches, key=lambda b: b["encoder_input_tokens"].shape[1])
-    flops = _flops(trainer, state, full) / _BATCH.value
+    by_width = {b["encoder_input_tokens"].shape[1]: b for b in batches}
+    flops = {w: _flops(trainer, state, b) / _BATCH.value for w, b in sorted(by_width.items())}
+    mean_flops = float(np.mean([flops[b["encoder_input_tokens"].shape[1]] for b in batches]))
     state, eps = _time_steps(trainer, state, batches, _STEPS.value)
-    widths = sorted({b["encoder_input_tokens"].shape[1] for b in batches})
-    results[name] = {"examples_per_s": round(eps, 1), "encoder_lengths": widths,
-                     "flops_per_example_at_full_width": flops,
-                     "gflops_per_s_at_full_width_equivalent": round(eps * flops / 1e9, 2)}
+    results[name] = {"examples_per_s": round(eps, 1),
+                     "flops_per_example_by_encoder_length": flops,
+                     "mean_flops_per_example": mean_flops,
+                     "achieved_gflops_per_s": round(eps * mean_flops / 1e9, 1)}
     print(name, results[name], flush=True)
   if _TORCH.value:
     args = {"vocab": layout.vocab_size, "batch": _BATCH.value, "enc_len": 1 + 20 * levels,
