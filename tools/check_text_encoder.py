@@ -2,7 +2,7 @@
 
 Run it with jaxrec's Python; it runs the reference half with a second Python that has torch
 and transformers (e.g. a throwaway venv: pip install torch==2.13.0 transformers safetensors):
-  python tools/check_text_encoder.py --torch_python=/tmp/refvenv/bin/python \
+  python tools/check_text_encoder.py --torch_python=$REFVENV/bin/python \
       [--models=minilm,mpnet] [--golden=tests/encoders/golden_minilm.json]
 """
 
@@ -105,7 +105,9 @@ def compare(args) -> None:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--torch_python", default="/tmp/refvenv/bin/python")
+  parser.add_argument("--torch_python", default=None,
+                      help="a python with torch + transformers (e.g. a throwaway venv: "
+                           "pip install torch==2.13.0 transformers safetensors tokenizers)")
   parser.add_argument("--models", default="minilm,mpnet")
   parser.add_argument("--max_length", type=int, default=128)
   parser.add_argument("--golden", default=None, help="write the MiniLM golden json here")
@@ -116,6 +118,9 @@ def main():
   args = parser.parse_args()
   if args.reference:
     reference(args.model_dir, args.kind, args.max_length, args.out)
+  elif not args.torch_python:
+    parser.error("--torch_python is required: the reference runs in an interpreter that "
+                 "has torch and transformers.")
   else:
     compare(args)
 
