@@ -20,6 +20,20 @@ def _dropout(config: T5Config, broadcast: bool = True) -> nn.Dropout:
   return nn.Dropout(config.dropout_rate, broadcast_dims=(-2,) if broadcast else ())
 
 
+def _mlp_residual(cfg: T5Config, x: Array, deterministic: bool) -> Array:
+  """The pre-norm gated-MLP residual block ending every layer (called inside a compact
+  `__call__`, so its submodules `pre_mlp_layer_norm` and `mlp` belong to that layer).
+
+  x: [batch, length, embed] -> [batch, length, embed].
+  """
+  dtype = cfg.activation_dtype
+  y = layers.RMSNorm(dtype=dtype, name="pre_mlp_layer_norm")(x)
+  y = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
+                      name="mlp")(y, deterministic)
+  x = x + _dropout(cfg)(y, deterministic)
+  return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
 class EncoderLayer(nn.Module):
   """Pre-norm self-attention then gated MLP, each with a residual connection."""
   config: T5Config
@@ -35,11 +49,7 @@ class EncoderLayer(nn.Module):
         cfg.num_heads, cfg.head_dim, dtype=dtype, dropout_rate=cfg.dropout_rate,
         name="attention")(y, y, mask, bias, deterministic=deterministic)
     x = x + _dropout(cfg)(y, deterministic)
-    y = layers.RMSNorm(dtype=dtype, name="pre_mlp_layer_norm")(x)
-    y = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
-                        name="mlp")(y, deterministic)
-    x = x + _dropout(cfg)(y, deterministic)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return _mlp_residual(cfg, x, deterministic)
 
 
 class DecoderLayer(nn.Module):
@@ -63,11 +73,7 @@ class DecoderLayer(nn.Module):
     y = attention("encoder_decoder_attention")(y, encoded, encoder_decoder_mask,
                                                deterministic=deterministic)
     x = x + _dropout(cfg)(y, deterministic)
-    y = layers.RMSNorm(dtype=dtype, name="pre_mlp_layer_norm")(x)
-    y = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
-                        name="mlp")(y, deterministic)
-    x = x + _dropout(cfg)(y, deterministic)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return _mlp_residual(cfg, x, deterministic)
 
 
 class Encoder(nn.Module):
