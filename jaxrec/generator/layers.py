@@ -170,20 +170,27 @@ class MultiHeadDotProductAttention(nn.Module):
   kernel_init: Initializer = attention_kernel_init
 
   @nn.compact
-  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array] = None,
-               bias: Optional[Array] = None, *, decode: bool = False,
-               deterministic: bool = True) -> Array:
+  def __call__(self, inputs_q: Optional[Array], inputs_kv: Optional[Array],
+               mask: Optional[Array] = None, bias: Optional[Array] = None, *,
+               decode: bool = False, deterministic: bool = True,
+               kv: Optional[Tuple[Array, Array]] = None) -> Array:
     """Attention from inputs_q to inputs_kv.
 
     Args:
-      inputs_q: [batch, q_length, embed].
-      inputs_kv: [batch, kv_length, embed].
-      mask: [batch, 1, q_length, kv_length] (1 = attend) or None.
+      inputs_q: [batch, q_length, embed]; None returns the projected (key, value)
+        of inputs_kv, each [batch, kv_length, heads, head_dim] (to reuse as `kv`).
+      inputs_kv: [batch, kv_length, embed]; unused when `kv` is given.
+      mask: [batch, 1, q_length, kv_length] (1 = attend) or None; with a grouped
+        `kv`, [kv_batch, 1, 1, kv_length] (a key mask shared by the group).
       bias: [1, heads, q_length, kv_length] (e.g. relative positions) or None; when
         decoding a step, the full [1, heads, max_length, max_length] bias, whose row
         `cache_index` is used.
       decode: use and update the key/value cache (self-attention only).
       deterministic: disable dropout.
+      kv: precomputed (key, value), each [kv_batch, kv_length, heads, head_dim], with
+        batch = group * kv_batch: query rows [b * group, (b + 1) * group) share kv
+        row b (e.g. the beams of one user). The group's queries are folded into one
+        query axis, so keys/values are neither recomputed nor copied per beam.
 
     Returns:
       [batch, q_length, embed] in `dtype`.
@@ -192,13 +199,25 @@ class MultiHeadDotProductAttention(nn.Module):
     query_init = lambda *args: self.kernel_init(*args) / depth_scaling  # noqa: E731
     projection = functools.partial(DenseGeneral, features=(self.num_heads, self.head_dim),
                                    kernel_axes=("embed", "joined_kv"), dtype=self.dtype)
-    query = projection(kernel_init=query_init, name="query")(inputs_q)
-    key = projection(kernel_init=self.kernel_init, name="key")(inputs_kv)
-    value = projection(kernel_init=self.kernel_init, name="value")(inputs_kv)
     axes = ("batch", "length", "heads", "kv")
+    if kv is None:
+      key = projection(kernel_init=self.kernel_init, name="key")(inputs_kv)
+      value = projection(kernel_init=self.kernel_init, name="value")(inputs_kv)
+      key = nn.with_logical_constraint(key, axes)
+      value = nn.with_logical_constraint(value, axes)
+      if inputs_q is None:
+        return key, value
+    else:
+      key, value = kv
+    query = projection(kernel_init=query_init, name="query")(inputs_q)
     query = nn.with_logical_constraint(query, axes)
-    key = nn.with_logical_constraint(key, axes)
-    value = nn.with_logical_constraint(value, axes)
+    batch_q, length_q = query.shape[:2]
+    group = batch_q // key.shape[0]
+    if kv is not None:
+      if decode or group * key.shape[0] != batch_q:
+        raise ValueError(f"precomputed kv of batch {key.shape[0]} cannot serve {batch_q} "
+                         "query rows (needs a whole multiple, and no self-attention cache)")
+      query = query.reshape((key.shape[0], group * length_q) + query.shape[2:])
 
     if decode:
       is_initialized = self.has_variable("cache", "cached_key")
@@ -230,6 +249,8 @@ class MultiHeadDotProductAttention(nn.Module):
       dropout_rng = self.make_rng("dropout")
     x = dot_product_attention(query, key, value, attention_bias, self.dropout_rate,
                               dropout_rng, self.dtype)
+    if kv is not None:
+      x = x.reshape((batch_q, length_q) + x.shape[2:])
     x = nn.with_logical_constraint(x, axes)
     out = DenseGeneral(features=inputs_q.shape[-1], axis=(-2, -1),
                        kernel_axes=("joined_kv", "embed"), kernel_init=self.kernel_init,

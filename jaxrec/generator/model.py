@@ -14,6 +14,8 @@ import numpy as np
 from flax import traverse_util
 
 from jaxrec.data.errors import DataError
+from jaxrec.decoding import beam_search as beam_search_lib
+from jaxrec.generator import layers
 from jaxrec.generator.config import T5Config
 from jaxrec.generator.network import Transformer
 from jaxrec.generator.vocab import TokenLayout
@@ -42,24 +44,38 @@ def cross_entropy_with_logits(logits: Array, targets: Array, z_loss: float
 
 
 def token_cross_entropy(logits: Array, targets: Array, label_smoothing: float = 0.0,
-                        z_loss: float = 0.0) -> Tuple[Array, Array]:
+                        z_loss: float = 0.0, allowed: Optional[Array] = None
+                        ) -> Tuple[Array, Array]:
   """Per-token loss with label smoothing (the smoothed entropy subtracted, as t5x).
 
   Args:
     logits: [batch, length, vocab] float32.
     targets: [batch, length] int32 token ids.
-    label_smoothing: mass spread uniformly over the other vocab-1 tokens.
+    label_smoothing: mass spread uniformly over the other allowed tokens.
     z_loss: z-loss weight.
+    allowed: [batch, length, vocab] bool or None (all tokens). With it, the softmax
+      normalizes over the allowed tokens only (MSCGRec's constrained sequence
+      learning); the target token always counts as allowed.
 
   Returns:
     loss: [batch, length] float32 (0 at the optimum without z-loss); z_loss: [batch, length].
   """
   vocab = logits.shape[-1]
+  logits = logits.astype(jnp.float32)
+  target_hot = jax.nn.one_hot(targets, vocab, dtype=jnp.float32)
   confidence = 1.0 - label_smoothing
-  low = label_smoothing / (vocab - 1)
-  normalizer = -(confidence * np.log(confidence) + (vocab - 1) * low * np.log(low + 1e-20))
-  soft = jax.nn.one_hot(targets, vocab, dtype=jnp.float32) * (confidence - low) + low
-  loss, z = cross_entropy_with_logits(logits.astype(jnp.float32), soft, z_loss)
+  if allowed is None:
+    count = float(vocab)
+    rest = jnp.ones_like(logits)
+  else:
+    rest = (jnp.asarray(allowed, bool) | (target_hot > 0)).astype(jnp.float32)
+    logits = jnp.where(rest > 0, logits, layers.NEG_INF)
+    count = jnp.sum(rest, axis=-1)
+  low = label_smoothing / jnp.maximum(count - 1.0, 1.0)
+  normalizer = -(confidence * np.log(confidence) +
+                 (count - 1.0) * low * jnp.log(low + 1e-20))
+  soft = target_hot * confidence + (rest - target_hot) * jnp.expand_dims(low, -1)
+  loss, z = cross_entropy_with_logits(logits, soft, z_loss)
   return loss - normalizer, z
 
 
@@ -70,21 +86,47 @@ class EncoderDecoderModel:
     module: the `Transformer` (t5x name; `network` is an alias).
     layout: the `TokenLayout` of the vocabulary.
     config: the `T5Config` (loss settings: z_loss, label_smoothing).
+    trie: the `decoding.trie.Trie` of the catalog's semantic IDs, or None; needed by
+      the constrained loss and by beam-search prediction.
+    constrained_loss: normalize the training softmax over the codes the trie allows
+      after the target's prefix (MSCGRec); needs `trie`.
+    decoding: a `decoding.DecodingConfig` (beam_size, top_k): with it and a trie,
+      `predict_batch` is the constrained beam search; without, greedy decoding.
   """
 
   def __init__(self, network: Transformer, layout: TokenLayout,
-               config: Optional[T5Config] = None):
+               config: Optional[T5Config] = None, trie: Any = None,
+               constrained_loss: bool = False, decoding: Any = None):
     self.module = network
+    self.decoding = decoding
     self.layout = layout
     self.config = network.config if config is None else config
+    self.trie = trie
+    self.constrained_loss = bool(constrained_loss)
+    if self.constrained_loss and trie is None:
+      raise DataError("constrained_loss needs the trie of the semantic IDs.",
+                      fix="pass trie=decoding.build_trie(semantic_ids) to the model.")
     if self.config.vocab_size < layout.vocab_size:
       raise DataError(f"T5Config.vocab_size={self.config.vocab_size} is smaller than the "
                       f"token layout's {layout.vocab_size} tokens.",
                       fix="bind T5Config.vocab_size to TokenLayout.vocab_size (or more).")
 
   @classmethod
-  def from_config(cls, config: T5Config, layout: TokenLayout) -> "EncoderDecoderModel":
-    return cls(Transformer(config), layout, config)
+  def from_config(cls, config: T5Config, layout: TokenLayout, trie: Any = None,
+                  constrained_loss: bool = False, decoding: Any = None
+                  ) -> "EncoderDecoderModel":
+    return cls(Transformer(config), layout, config, trie, constrained_loss, decoding)
+
+  @property
+  def beam_search_enabled(self) -> bool:
+    """Whether `predict_batch` returns beam-searched item ids (trie and decoding set)."""
+    return self.trie is not None and self.decoding is not None
+
+  def allowed_tokens(self, targets: Array) -> Array:
+    """decoder_target_tokens [B, L] -> [B, L, vocab] bool: the tokens the trie allows at
+    each position given the target's prefix (see `token_cross_entropy`)."""
+    codes = self.layout.token_to_code(jnp.asarray(targets, jnp.int32))
+    return self.trie.token_mask(codes, self.layout.level_offsets, self.config.vocab_size)
 
   @property
   def network(self) -> Transformer:
@@ -159,8 +201,9 @@ class EncoderDecoderModel:
     logits = self._logits(params, batch, dropout_rng)
     targets = batch["decoder_target_tokens"]
     weights = _weights(batch)
+    allowed = self.allowed_tokens(targets) if self.constrained_loss else None
     token_loss, token_z = token_cross_entropy(logits, targets, self.config.label_smoothing,
-                                              self.config.z_loss)
+                                              self.config.z_loss, allowed)
     num_tokens = jnp.sum(weights)
     denom = jnp.where(num_tokens > 0, num_tokens, 1.0)
     loss = jnp.sum(token_loss * weights) / denom
@@ -215,16 +258,26 @@ class EncoderDecoderModel:
     shapes = jax.eval_shape(create, params)
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-  def decode_step(self, params: PyTree, cache: PyTree, encoded: Array,
-                  encoder_input_tokens: Array, decoder_tokens: Array) -> Tuple[Array, PyTree]:
+  def cross_attention_kv(self, params: PyTree, encoded: Array) -> list:
+    """encoded [B, T, emb_dim] -> per decoder layer (key, value) [B, T, heads, head_dim]
+    (computed once per user; `decode_step` and `score_items` share them across beams)."""
+    return self.module.apply({"params": params}, encoded,
+                             method=self.module.cross_attention_kv)
+
+  def decode_step(self, params: PyTree, cache: PyTree, encoded: Optional[Array],
+                  encoder_input_tokens: Array, decoder_tokens: Array,
+                  cross_kv: Optional[list] = None) -> Tuple[Array, PyTree]:
     """One cached decoder step.
 
     Args:
       params: the "params" collection.
       cache: from `init_cache` or the previous step.
-      encoded: [rows, T, emb_dim] from `encode` (tiled per beam if needed).
-      encoder_input_tokens: [rows, T] int32 (for the cross-attention padding mask).
+      encoded: [rows, T, emb_dim] from `encode`; unused (may be None) with cross_kv.
+      encoder_input_tokens: [rows, T] int32 (for the cross-attention padding mask);
+        with cross_kv, [B, T] (rows = B * beams).
       decoder_tokens: [rows] int32, the token at the current position (BOS first).
+      cross_kv: from `cross_attention_kv` on B users; decoder rows
+        [b * beams, (b + 1) * beams) are user b's beams.
 
     Returns:
       logits: [rows, vocab] float32 for the next token; the updated cache.
@@ -232,19 +285,56 @@ class EncoderDecoderModel:
     logits, variables = self.module.apply(
         {"params": params, "cache": cache}, encoded, encoder_input_tokens,
         decoder_tokens[:, None], enable_dropout=False, decode=True,
-        max_decode_length=self.target_length, mutable=["cache"], method=self.module.decode)
+        max_decode_length=self.target_length, mutable=["cache"], method=self.module.decode,
+        cross_kv=cross_kv)
     return logits[:, 0], variables["cache"]
+
+  def score_codes(self, params: PyTree, encoder_input_tokens: Array, codes: Array,
+                  cross_kv: Optional[list] = None) -> Array:
+    """Teacher-forced log-likelihood of C candidate code sequences for each user.
+
+    Args:
+      params: the "params" collection.
+      encoder_input_tokens: [B, T] int32.
+      codes: [C, L] int32 level-local codes (the same candidates for every user).
+      cross_kv: `cross_attention_kv` of these users (computed here if None).
+
+    Returns:
+      [B, C] float32: sum over the L tokens of the full-softmax log-probability (as
+      `score_batch`), computed with the users' keys/values shared by the candidates.
+    """
+    if cross_kv is None:
+      cross_kv = self.cross_attention_kv(params, self.encode(params, encoder_input_tokens))
+    size, count = encoder_input_tokens.shape[0], codes.shape[0]
+    targets = jnp.asarray(self.layout.code_to_token(codes), jnp.int32)
+    inputs = jnp.concatenate([jnp.full((count, 1), self.layout.bos_id, jnp.int32),
+                              targets[:, :-1]], axis=1)
+    tile = lambda x: jnp.tile(x, (size, 1))  # noqa: E731  rows b * C + c
+    logits = self.module.apply({"params": params}, None, encoder_input_tokens, tile(inputs),
+                               tile(targets), enable_dropout=False, cross_kv=cross_kv,
+                               method=self.module.decode)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    scores = jnp.take_along_axis(log_probs, tile(targets)[..., None], axis=-1)[..., 0]
+    return scores.sum(-1).reshape(size, count)
 
   def predict_batch_with_aux(self, params: PyTree, batch: Mapping[str, Array]
                              ) -> Tuple[Array, dict]:
-    """Greedy decoding, step l restricted to level l's tokens (so every output is a code).
+    """Beam search when `beam_search_enabled`, else greedy decoding.
 
-    Returns:
-      codes: [B, L] int32 level-local codes (compare with semantic-ID rows);
-      aux: tokens [B, L] int32, scores [B] float32 (sum of full-softmax log-probs).
+    Beam search (trie-constrained, `decoding.beam_search`): items [B, top_k] int32,
+    best first (0 where fewer items exist); aux: scores [B, top_k], codes
+    [B, top_k, L].
+
+    Greedy: step l restricted to level l's tokens (so every output is a code):
+    codes [B, L] int32 level-local codes (compare with semantic-ID rows); aux: tokens
+    [B, L] int32, scores [B] float32 (sum of full-softmax log-probs).
     """
     _check_batch(batch, ("encoder_input_tokens",))
     encoder_tokens = batch["encoder_input_tokens"]
+    if self.beam_search_enabled:
+      out = beam_search_lib.beam_search(self, params, encoder_tokens, self.trie,
+                                    self.decoding.beam_size, self.decoding.top_k)
+      return out.items, {"scores": out.scores, "codes": out.codes}
     size = encoder_tokens.shape[0]
     encoded = self.encode(params, encoder_tokens)
     cache = self.init_cache(params, size)
@@ -267,7 +357,8 @@ class EncoderDecoderModel:
     return self.layout.token_to_code(tokens), {"tokens": tokens, "scores": scores.sum(0)}
 
   def predict_batch(self, params: PyTree, batch: Mapping[str, Array]) -> Array:
-    """Greedy level-restricted codes [B, L] int32 (see `predict_batch_with_aux`)."""
+    """Beam-searched items [B, top_k] or greedy codes [B, L] (see
+    `predict_batch_with_aux`)."""
     return self.predict_batch_with_aux(params, batch)[0]
 
 

@@ -4,7 +4,7 @@ relative position biases shared per stack, padding token 0 masked everywhere.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -14,6 +14,7 @@ from jaxrec.generator import layers
 from jaxrec.generator.config import T5Config
 
 Array = jax.Array
+KeyValue = Tuple[Array, Array]
 
 
 def _dropout(config: T5Config, broadcast: bool = True) -> nn.Dropout:
@@ -57,21 +58,29 @@ class DecoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x: Array, encoded: Array, decoder_mask: Optional[Array],
-               encoder_decoder_mask: Optional[Array], bias: Array, deterministic: bool,
-               decode: bool = False) -> Array:
-    """x: [batch, length, embed]; encoded: [batch, enc_length, embed]."""
+  def __call__(self, x: Optional[Array], encoded: Optional[Array],
+               decoder_mask: Optional[Array], encoder_decoder_mask: Optional[Array],
+               bias: Optional[Array], deterministic: bool, decode: bool = False,
+               cross_kv: Optional[KeyValue] = None) -> Array:
+    """x: [batch, length, embed]; encoded: [batch, enc_length, embed].
+
+    x None: returns this layer's cross-attention (key, value) of `encoded`, each
+    [batch, enc_length, heads, head_dim]; pass them back as `cross_kv` (with
+    batch = group * kv_batch query rows, see `MultiHeadDotProductAttention`).
+    """
     cfg = self.config
     dtype = cfg.activation_dtype
     attention = lambda name: layers.MultiHeadDotProductAttention(  # noqa: E731
         cfg.num_heads, cfg.head_dim, dtype=dtype, dropout_rate=cfg.dropout_rate, name=name)
+    if x is None:
+      return attention("encoder_decoder_attention")(None, encoded)
     y = layers.RMSNorm(dtype=dtype, name="pre_self_attention_layer_norm")(x)
     y = attention("self_attention")(y, y, decoder_mask, bias, decode=decode,
                                     deterministic=deterministic)
     x = x + _dropout(cfg)(y, deterministic)
     y = layers.RMSNorm(dtype=dtype, name="pre_cross_attention_layer_norm")(x)
     y = attention("encoder_decoder_attention")(y, encoded, encoder_decoder_mask,
-                                               deterministic=deterministic)
+                                               deterministic=deterministic, kv=cross_kv)
     x = x + _dropout(cfg)(y, deterministic)
     return _mlp_residual(cfg, x, deterministic)
 
@@ -104,11 +113,20 @@ class Decoder(nn.Module):
   shared_embedding: nn.Module
 
   @nn.compact
-  def __call__(self, encoded: Array, tokens: Array, decoder_mask: Optional[Array],
-               encoder_decoder_mask: Optional[Array], deterministic: bool,
-               decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
-    """tokens: [batch, length] int32 -> logits [batch, length, vocab] float32."""
+  def __call__(self, encoded: Optional[Array], tokens: Optional[Array],
+               decoder_mask: Optional[Array], encoder_decoder_mask: Optional[Array],
+               deterministic: bool, decode: bool = False,
+               max_decode_length: Optional[int] = None,
+               cross_kv: Optional[List[KeyValue]] = None) -> Array:
+    """tokens: [batch, length] int32 -> logits [batch, length, vocab] float32.
+
+    tokens None: returns every layer's cross-attention (key, value) of `encoded`
+    (a list, one pair per layer) for `cross_kv`.
+    """
     cfg = self.config
+    if tokens is None:
+      return [DecoderLayer(cfg, name=f"layers_{i}")(None, encoded, None, None, None, True)
+              for i in range(cfg.num_decoder_layers)]
     length = max_decode_length if decode and max_decode_length else tokens.shape[-1]
     bias = layers.RelativePositionBiases(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
@@ -116,8 +134,9 @@ class Decoder(nn.Module):
     x = self.shared_embedding(tokens.astype(jnp.int32))
     x = _dropout(cfg)(x, deterministic)
     for i in range(cfg.num_decoder_layers):
-      x = DecoderLayer(cfg, name=f"layers_{i}")(x, encoded, decoder_mask, encoder_decoder_mask,
-                                                 bias, deterministic, decode)
+      x = DecoderLayer(cfg, name=f"layers_{i}")(
+          x, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode,
+          None if cross_kv is None else cross_kv[i])
     x = layers.RMSNorm(dtype=cfg.activation_dtype, name="decoder_norm")(x)
     x = _dropout(cfg)(x, deterministic)
     if cfg.logits_via_embedding:
@@ -148,9 +167,16 @@ class Transformer(nn.Module):
     encoded: [batch, enc_length, embed] in the activation dtype."""
     return self.encoder(encoder_input_tokens, deterministic=not enable_dropout)
 
-  def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
-             decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = True,
-             decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
+  def cross_attention_kv(self, encoded: Array) -> List[KeyValue]:
+    """encoded: [batch, enc_length, embed] -> per decoder layer (key, value), each
+    [batch, enc_length, heads, head_dim]: computed once, shared by all beams."""
+    return self.decoder(encoded, None, None, None, deterministic=True)
+
+  def decode(self, encoded: Optional[Array], encoder_input_tokens: Array,
+             decoder_input_tokens: Array, decoder_target_tokens: Optional[Array] = None,
+             enable_dropout: bool = True, decode: bool = False,
+             max_decode_length: Optional[int] = None,
+             cross_kv: Optional[List[KeyValue]] = None) -> Array:
     """Runs the decoder.
 
     Args:
@@ -163,10 +189,24 @@ class Transformer(nn.Module):
       enable_dropout: training mode.
       decode: cached step-by-step decoding (see `MultiHeadDotProductAttention`).
       max_decode_length: with `decode`, the cache length (for the position bias).
+      cross_kv: from `cross_attention_kv` on kv_batch rows (then `encoded` is unused
+        and encoder_input_tokens is [kv_batch, enc_length]); decoder rows
+        [b * group, (b + 1) * group) attend to kv row b. All decoder positions must
+        be real (no padding targets).
 
     Returns:
       logits: [batch, dec_length, vocab] float32.
     """
+    if cross_kv is not None:
+      key_mask = jnp.asarray(encoder_input_tokens > 0, jnp.float32)[:, None, None, :]
+      if decode:
+        decoder_mask = None
+      else:
+        decoder_mask = layers.make_causal_mask(decoder_input_tokens)
+      return self.decoder(encoded, decoder_input_tokens,
+                          decoder_mask, key_mask, deterministic=not enable_dropout,
+                          decode=decode, max_decode_length=max_decode_length,
+                          cross_kv=cross_kv)
     if decode:
       decoder_mask = None
       query_valid = jnp.ones(decoder_input_tokens.shape, bool)

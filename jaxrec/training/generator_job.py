@@ -1,8 +1,8 @@
 """The generator job (gin entry points): dataset -> leave-one-out split -> semantic IDs ->
 T5 generator trained with `trainer.train`; and the evaluation of its best/latest checkpoint.
 
-Until beam search exists the recommender is top-1: greedy codes -> one item, repeated
-over the k slots (see `make_recommender_factory`).
+The recommender is the trie-constrained beam search (`decoding.beam_search`): the top
+`DecodingConfig.top_k` real items per user, best first.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from typing import Callable, Optional
 
 import jax
@@ -20,6 +21,7 @@ from jaxrec import evaluation
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.data.splits import leave_one_out
+from jaxrec.decoding import DecodingConfig, build_trie, trie_stats
 from jaxrec.generator import EncoderDecoderModel, T5Config, TokenLayout, make_token_batch
 from jaxrec.pipeline import EvalConfig
 from jaxrec.training import trainer as trainer_lib
@@ -89,16 +91,47 @@ def make_batch_fn(semantic_ids: np.ndarray, layout: TokenLayout,
   return lambda batch: make_token_batch(batch, semantic_ids, layout, max_history)
 
 
+def make_beam_recommender_factory(semantic_ids: np.ndarray, layout: TokenLayout,
+                                  max_history: int, top_k: int, fallback_item: int = 1
+                                  ) -> trainer_lib.MakeRecommender:
+  """`make(predict) -> recommend(histories, k)` from beam-searched items [B, top_k].
+
+  Slots the search left empty (0: fewer than top_k items reachable, only possible
+  with tiny catalogs) hold `fallback_item`. Asking for k > top_k is an error (raise
+  DecodingConfig.top_k). Users are not passed by `evaluation.evaluate`: with user
+  buckets the user token is PAD at evaluation.
+  """
+
+  def make(predict):
+    def recommend(histories: np.ndarray, k: int) -> np.ndarray:
+      if k > top_k:
+        raise DataError(f"the evaluation asks for {k} items per user but the beam search "
+                        f"returns top_k={top_k}.",
+                        fix=f"bind DecodingConfig.top_k (and beam_size) to at least {k}, or "
+                            "lower the largest cutoff in EvalConfig.ks (exclude_history asks "
+                            "for k + history width).")
+      histories = np.asarray(histories, np.int32)
+      batch = {"history": histories, "length": (histories > 0).sum(1).astype(np.int32),
+               "user": np.full(len(histories), -1, np.int32)}
+      items = np.asarray(predict(make_token_batch(batch, semantic_ids, layout, max_history)))
+      found = items > 0
+      recommend.stats["found"] += int(found.sum())
+      recommend.stats["total"] += found.size
+      return np.where(found, items, fallback_item)[:, :k]
+    recommend.stats = {"found": 0, "total": 0}
+    return recommend
+  return make
+
+
 def make_recommender_factory(semantic_ids: np.ndarray, layout: TokenLayout, max_history: int,
                              fallback_item: int = 1) -> trainer_lib.MakeRecommender:
-  """`make(predict) -> recommend(histories, k)` from greedy codes (top-1).
+  """`make(predict) -> recommend(histories, k)` from greedy codes (top-1; the model without
+  a `DecodingConfig`).
 
   The greedy prediction is one item; it fills all k slots. Repeating it scores
   exactly like "one item, then nothing" (a repeated id counts at its first
   position, metrics.rank_of_target), which `evaluation.evaluate` needs because it
-  rejects id 0. So Recall@k = Recall@1 for every k until beam search replaces this.
-  Users are not passed by `evaluation.evaluate`: with user buckets the user token
-  is PAD at evaluation.
+  rejects id 0. So Recall@k = Recall@1 for every k.
   """
   lookup = CodeLookup(semantic_ids, fallback_item)
 
@@ -129,20 +162,35 @@ class GeneratorSetup:
 
 
 def setup(semantic_ids_path: str, dataset: DatasetConfig, trainer_config: trainer_lib.TrainerConfig,
-          model_config: Callable[..., T5Config], num_user_buckets: int = 0) -> GeneratorSetup:
-  """Loads data and IDs and builds the layout, model, batch conversion and recommender."""
+          model_config: Callable[..., T5Config], num_user_buckets: int = 0,
+          decoding: Optional[DecodingConfig] = DecodingConfig(),
+          constrained_loss: bool = False) -> GeneratorSetup:
+  """Loads data and IDs and builds the layout, trie, model, batch conversion and recommender.
+
+  The fingerprint (which checkpoints belong to this setup) covers the dataset, the
+  T5 config, the layout, the IDs and the constrained loss; not the decoding, which
+  only changes evaluation.
+  """
   split = leave_one_out(dataset.load())
   ids = load_semantic_ids(semantic_ids_path, split.num_items)
   layout = TokenLayout.for_semantic_ids(ids, num_user_buckets=num_user_buckets)
   t5 = model_config(layout.vocab_size)
-  model = EncoderDecoderModel.from_config(t5, layout)
-  blob = json.dumps([dataclasses.asdict(dataset), dataclasses.asdict(t5), str(layout),
-                     hashlib.sha256(ids.tobytes()).hexdigest()], sort_keys=True, default=str)
+  trie = build_trie(ids, codebook_sizes=layout.codebook_sizes) if (
+      decoding is not None or constrained_loss) else None
+  model = EncoderDecoderModel.from_config(t5, layout, trie, constrained_loss, decoding)
+  parts = [dataclasses.asdict(dataset), dataclasses.asdict(t5), str(layout),
+           hashlib.sha256(ids.tobytes()).hexdigest()]
+  if constrained_loss:
+    parts.append("constrained_loss")
+  blob = json.dumps(parts, sort_keys=True, default=str)
   fp = hashlib.sha256(blob.encode()).hexdigest()[:16]
   popular = int(np.argmax(split.train_item_counts()[1:]) + 1)
   mh = trainer_config.max_history
-  return GeneratorSetup(split, ids, layout, model, fp, make_batch_fn(ids, layout, mh),
-                        make_recommender_factory(ids, layout, mh, fallback_item=popular))
+  if decoding is None:
+    make = make_recommender_factory(ids, layout, mh, fallback_item=popular)
+  else:
+    make = make_beam_recommender_factory(ids, layout, mh, decoding.top_k, popular)
+  return GeneratorSetup(split, ids, layout, model, fp, make_batch_fn(ids, layout, mh), make)
 
 
 def train_generator(workdir: str, semantic_ids_path: str,
@@ -151,7 +199,9 @@ def train_generator(workdir: str, semantic_ids_path: str,
                     model_config: Callable[..., T5Config] = T5Config.tiger,
                     eval_config: EvalConfig = EvalConfig(), num_user_buckets: int = 0,
                     operative_config: Optional[Callable[[], str]] = None,
-                    progress: bool = True) -> dict:
+                    progress: bool = True,
+                    decoding: Optional[DecodingConfig] = DecodingConfig(),
+                    constrained_loss: bool = False) -> dict:
   """Trains the generator in `workdir` (resuming a run of the same configuration).
 
   Args:
@@ -168,11 +218,15 @@ def train_generator(workdir: str, semantic_ids_path: str,
     operative_config: returns the operative gin config text (tools pass
       `configs.operative_config`); saved as config.gin and checked on resume.
     progress: progress bars and prints.
+    decoding: the validation recommender's beam search (None: greedy top-1).
+    constrained_loss: MSCGRec's constrained sequence learning (softmax over the codes
+      the trie allows after the target's prefix).
 
   Returns:
     The trainer's summary (also written to train_summary.json).
   """
-  s = setup(semantic_ids_path, dataset, trainer_config, model_config, num_user_buckets)
+  s = setup(semantic_ids_path, dataset, trainer_config, model_config, num_user_buckets,
+            decoding, constrained_loss)
   options = dict(ks=tuple(eval_config.ks), batch_size=eval_config.batch_size,
                  exclude_history=eval_config.exclude_history,
                  cold_start_threshold=eval_config.cold_start_threshold)
@@ -190,7 +244,9 @@ def evaluate_generator(workdir: str, semantic_ids_path: str,
                        trainer_config: trainer_lib.TrainerConfig = trainer_lib.TrainerConfig(),
                        model_config: Callable[..., T5Config] = T5Config.tiger,
                        eval_config: EvalConfig = EvalConfig(), num_user_buckets: int = 0,
-                       checkpoint: str = "best", progress: bool = True) -> dict:
+                       checkpoint: str = "best", progress: bool = True,
+                       decoding: Optional[DecodingConfig] = DecodingConfig(),
+                       constrained_loss: bool = False) -> dict:
   """Restores the best (or latest) checkpoint and writes `<workdir>/eval/<split>_metrics.json`.
 
   Args: as `train_generator` (the same bindings), plus checkpoint: "best" (falls
@@ -199,7 +255,8 @@ def evaluate_generator(workdir: str, semantic_ids_path: str,
   Returns:
     {split: the JSON part of `evaluation.evaluate`'s result}.
   """
-  s = setup(semantic_ids_path, dataset, trainer_config, model_config, num_user_buckets)
+  s = setup(semantic_ids_path, dataset, trainer_config, model_config, num_user_buckets,
+            decoding, constrained_loss)
   tr = trainer_lib.Trainer(s.model, trainer_config, trainer_lib.input_shapes(
       s.split, s.batch_fn, trainer_config))
   fp = trainer_lib.trajectory_fingerprint(trainer_config, s.fingerprint)
@@ -207,18 +264,26 @@ def evaluate_generator(workdir: str, semantic_ids_path: str,
   results = {}
   for which in eval_config.splits:
     recommend = tr.recommender(state, s.make_recommender)
+    started = time.perf_counter()
     result = evaluation.evaluate(
         recommend, s.split, which, ks=eval_config.ks, batch_size=eval_config.batch_size,
         max_history=eval_config.max_history or trainer_config.max_history,
         exclude_history=eval_config.exclude_history,
         cold_start_threshold=eval_config.cold_start_threshold,
         num_bootstrap=eval_config.num_bootstrap, progress=progress)
+    seconds = time.perf_counter() - started
     result = {k: v for k, v in result.items() if k not in evaluation.ARRAY_KEYS}
+    result.update(eval_seconds=seconds, users_per_second=result["num_examples"] / seconds)
     stats = recommend.stats
     result.update(model="generator", fingerprint=fp, checkpoint_step=int(state.step),
-                  checkpoint=checkpoint, decoding="greedy top-1 (repeated over k)",
-                  exact_code_match_rate=stats["exact"] / max(stats["total"], 1),
-                  best_valid=meta.get("value"))
+                  checkpoint=checkpoint, best_valid=meta.get("value"))
+    if decoding is None:
+      result.update(decoding="greedy top-1 (repeated over k)",
+                    exact_code_match_rate=stats["exact"] / max(stats["total"], 1))
+    else:
+      result.update(decoding=dict(dataclasses.asdict(decoding), method="trie beam search"),
+                    found_rate=stats["found"] / max(stats["total"], 1),
+                    trie=trie_stats(s.model.trie))
     if jax.process_index() == 0:
       evaluation.write_json(result, os.path.join(workdir, "eval", f"{which}_metrics.json"))
     results[which] = result

@@ -187,3 +187,22 @@ def test_tiger_logical_partition_specs_match_golden():
   tiger = T5Config.tiger(got["vocab_size"])
   assert model_lib.flatten_logical_axes(model_lib.logical_axes(tiger)) == {
       k: v["axes"] for k, v in params.items()}
+
+
+def test_shared_cross_attention_kv_equals_tiled_encoder_output(trained):
+  """decode_step with per-user keys/values shared by G rows == with `encoded` tiled G times."""
+  model, params = trained["model"], trained["params"]
+  tokens = jnp.asarray(trained["tokens"]["encoder_input_tokens"][:3])
+  group = 4
+  encoded = model.encode(params, tokens)
+  cross_kv = model.cross_attention_kv(params, encoded)
+  tiled_tokens = jnp.repeat(tokens, group, axis=0)
+  tiled = jnp.repeat(encoded, group, axis=0)
+  cache_a = model.init_cache(params, 3 * group)
+  cache_b = model.init_cache(params, 3 * group)
+  step = jnp.arange(3 * group, dtype=jnp.int32) % 5 + 2
+  for token in (jnp.ones_like(step), step, step + 1):
+    logits_a, cache_a = model.decode_step(params, cache_a, tiled, tiled_tokens, token)
+    logits_b, cache_b = model.decode_step(params, cache_b, None, tokens, token,
+                                          cross_kv=cross_kv)
+    np.testing.assert_allclose(logits_a, logits_b, rtol=1e-5, atol=1e-5)
