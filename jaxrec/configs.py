@@ -6,6 +6,7 @@ and entry functions through `from __gin__ import dynamic_registration`.
 
 from __future__ import annotations
 
+import copy
 import os
 import pathlib
 from typing import Callable, Optional, Sequence
@@ -47,14 +48,65 @@ def _find(path: str) -> Optional[pathlib.Path]:
 
 def run(fn: Callable, **kwargs):
   """Calls `fn` with its gin bindings (dynamic registration); REQUIRED macros are checked."""
+  return _call(gin.get_configurable(fn), kwargs)
+
+
+def _call(configurable: Callable, kwargs: dict):
   try:
-    return gin.get_configurable(fn)(**kwargs)
+    return configurable(**kwargs)
   except RuntimeError as e:
     if "Required bindings" in str(e):
       raise ConfigError(f"{e}. Fix: bind it in your gin file or pass "
                         f"--gin.BINDING=value (the run gin file lists its REQUIRED macros "
                         f"at the top).") from e
     raise
+
+
+# The macro a run gin file selects its job with (`JOB = @pipeline.evaluate_baselines`).
+JOB_MACRO = "JOB"
+_JOB_FIX = (f"Fix: add e.g. `{JOB_MACRO} = @pipeline.evaluate_baselines` or "
+            f"`{JOB_MACRO} = @end_to_end.run_generative` to the run gin file (with its "
+            "`from jaxrec import ...` line), or pass a run gin file that selects one: "
+            "--gin_file=gin_configs/runs/baselines.gin or gin_configs/papers/tiger.gin.")
+
+
+def selected_job() -> Callable:
+  """The job the parsed gin files select with `JOB = @module.function` (no parentheses).
+
+  Returns:
+    The gin-configurable function: calling it applies its bindings.
+
+  Raises:
+    ConfigError: no JOB macro, or one that is not an unevaluated function reference.
+  """
+  try:
+    value = gin.query_parameter("%" + JOB_MACRO)
+  except ValueError:
+    raise ConfigError(f"the gin files select no job (macro {JOB_MACRO} is not bound). "
+                      f"{_JOB_FIX}") from None
+  if not isinstance(value, gin.config.ConfigurableReference) or value.evaluate:
+    raise ConfigError(f"{JOB_MACRO} = {value!r} is not a job: bind it to a function "
+                      f"reference without parentheses. {_JOB_FIX}")
+  return copy.deepcopy(value)  # An unevaluated reference: the configurable function itself.
+
+
+def run_job(**kwargs):
+  """Calls the selected job (`selected_job`) with its gin bindings and `kwargs`."""
+  return _call(selected_job(), kwargs)
+
+
+def bound_arguments(fn: Callable) -> dict:
+  """The keyword arguments gin passes to `fn`, references and macros evaluated.
+
+  Evaluated references (`@Config()`) become their values (e.g. a config
+  dataclass with its own bindings applied); unevaluated ones (`@fn`) become the
+  configurable function, whose bindings this function returns in turn. Arguments
+  gin does not bind are absent. Returns {} for a function gin does not know.
+  """
+  try:
+    return dict(gin.get_bindings(fn))
+  except (ValueError, TypeError):  # Not in the gin registry (e.g. plain Python).
+    return {}
 
 
 def operative_config() -> str:

@@ -1,16 +1,18 @@
-"""Run the baselines job (gin-configured): `python tools/run.py --gin_file=... --workdir=...`.
+"""Run the job the gin files select: `python tools/run.py --gin_file=... --workdir=...`.
 
-t5x-style flags: repeated --gin_file (later files override earlier ones) and
---gin.BINDING=value overrides; the operative config is saved in the workdir.
+The run gin file names its job with the macro JOB (e.g. `JOB = @pipeline.evaluate_baselines`
+in gin_configs/runs/baselines.gin, the default; `JOB = @end_to_end.run_generative` in
+gin_configs/papers/tiger.gin). t5x-style flags: repeated --gin_file (later files override
+earlier ones) and --gin.BINDING=value overrides; the operative config is saved in the workdir.
 """
 
 import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from jaxrec import configs
-from jaxrec import pipeline
 
 _GIN_FILES = flags.DEFINE_multi_string("gin_file", ["gin_configs/runs/baselines.gin"],
                                        "gin files, in order.")
@@ -21,9 +23,10 @@ _FLAG_BINDINGS = []
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   configs.parse(_GIN_FILES.value, list(_GIN_BINDINGS.value) + _FLAG_BINDINGS +
                 [f"WORKDIR = {_WORKDIR.value!r}"])
-  configs.run(pipeline.evaluate_baselines)
+  configs.run_job()
   path = configs.save_config(_WORKDIR.value)
   print(f"artifacts in {_WORKDIR.value} (operative config: {path})")
 
