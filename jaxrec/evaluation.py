@@ -1,6 +1,8 @@
 """Full-ranking evaluation of any recommender on a leave-one-out split.
 
 A recommender is a callable `recommend(histories, k) -> top_items`; see `evaluate`.
+One that scores by user (e.g. LightGCN) sets a truthy attribute `takes_users` and is
+called as `recommend(histories, k, users=users)` with the examples' dataset user rows.
 """
 
 from __future__ import annotations
@@ -84,8 +86,14 @@ def rank_examples(recommend: Recommender, examples: EvalExamples, num_items: int
   request is capped at num_items). Targets that repeat a history item then
   count as misses.
 
+  A recommender with a truthy `takes_users` attribute is called as
+  `recommend(histories, k, users=users)`, users [batch] int64 being the dataset
+  user rows (`examples.users`) of the batch, padded like the histories (the last
+  row repeated).
+
   Args:
-    recommend: `recommend(histories: [batch, width] int32, k) -> [batch, k] int`.
+    recommend: `recommend(histories: [batch, width] int32, k) -> [batch, k] int`
+      (with `users=` too if it `takes_users`).
     examples: the held-out examples.
     num_items: ids 1..num_items are valid answers.
     k: list length to score (the largest cutoff).
@@ -114,6 +122,7 @@ def rank_examples(recommend: Recommender, examples: EvalExamples, num_items: int
   order = np.argsort(lengths, kind="stable")
   keep = min(k, num_items)
   widths = set()
+  takes_users = bool(getattr(recommend, "takes_users", False))
   with tqdm.tqdm(total=n, desc=desc, unit="ex", disable=not progress) as bar:
     for start in range(0, n, batch_size):
       rows = order[start:start + batch_size]
@@ -124,8 +133,11 @@ def rank_examples(recommend: Recommender, examples: EvalExamples, num_items: int
       widths.add(width)
       histories = examples.padded_histories(rows, width)
       request = min(k + width, num_items) if exclude_history else keep
-      top = _check_output(recommend(histories, request), len(rows), request, width,
-                          num_items)
+      if takes_users:
+        answer = recommend(histories, request, users=examples.users[rows].astype(np.int64))
+      else:
+        answer = recommend(histories, request)
+      top = _check_output(answer, len(rows), request, width, num_items)
       if exclude_history:
         top = _drop_history(top, histories, keep, num_items)
       ranks[rows[:real]] = metrics_lib.rank_of_target(top[:real],
@@ -162,7 +174,9 @@ def evaluate(recommend: Recommender, split: LeaveOneOutSplit, which: str = "test
   Args:
     recommend: `recommend(histories, k) -> top_items`; histories: [batch, width]
       int32 item ids, oldest first, 0-padded at the end; top_items: [batch, k]
-      int item ids in 1..num_items, best first.
+      int item ids in 1..num_items, best first. If `recommend.takes_users` is
+      truthy it is called as `recommend(histories, k, users=users)`, users [batch]
+      int64 the dataset user rows of the examples (see `rank_examples`).
     split: the leave-one-out split.
     which: "valid" or "test".
     ks: metric cutoffs; the recommender is asked for max(ks) items.

@@ -160,3 +160,43 @@ def test_json_written_atomically(split, tmp_path):
   assert saved["metrics"] == result["metrics"]
   assert saved["counts"]["overall"] == 4 and saved["split"] == "test"
   assert saved["exclude_history"] is False and saved["seconds"] >= 0
+
+
+class _ByUser:
+  """Scores by user: the held-out target of each user row first (records its calls)."""
+
+  def __init__(self, targets, takes_users=True):
+    self.targets = np.asarray(targets)
+    self.takes_users = takes_users
+    self.calls = []
+
+  def __call__(self, histories, k, users=None):
+    self.calls.append((histories.copy(), users))
+    if users is None:
+      return np.tile(np.arange(1, k + 1), (len(histories), 1))
+    out = [[t] + [i for i in range(1, NUM_ITEMS + 1) if i != t][:k - 1]
+           for t in self.targets[users]]
+    return np.array(out)
+
+
+@pytest.mark.parametrize("which", ["valid", "test"])
+def test_takes_users_gets_user_rows(split, which):
+  ex = split.eval_examples(which)
+  rec = _ByUser(ex.targets)
+  result = run(rec, split, which=which, batch_size=3)
+  np.testing.assert_array_equal(result["ranks"], 0)  # Every user's target found first.
+  # Batches of 3 sorted by history length; the last batch (1 real row) padded by repetition.
+  (h1, u1), (h2, u2) = rec.calls
+  assert u1.dtype == np.int64 and u1.shape == (3,) and u2.shape == (3,)
+  assert u2[1] == u2[2] == u2[0]
+  users = np.concatenate([u1, u2[:1]])
+  assert sorted(users) == [0, 1, 2, 3]
+  for hist, user_rows in ((h1, u1), (h2, u2)):  # users line up with their histories.
+    for row, user in zip(hist, user_rows):
+      np.testing.assert_array_equal(row[row > 0], ex.history(int(user)))
+
+
+def test_falsy_takes_users_keeps_histories_only_call(split):
+  rec = _ByUser(split.test.targets, takes_users=False)
+  run(rec, split, ks=(2,))
+  assert all(users is None for _, users in rec.calls)

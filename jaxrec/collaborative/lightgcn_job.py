@@ -1,0 +1,577 @@
+"""LightGCN jobs (gin entry points): train with early stopping, evaluate, export item embeddings.
+
+Workdir layout:
+  metrics.jsonl                 one JSON per epoch (loss, bpr, l2, accuracy, seconds) and per
+                                validation ("valid/<metric>"), plus start/resume/end events
+  checkpoints/<step>            latest train states (params + Adam state) with the epoch in meta
+  best/<step>                   params with the best validation metric
+  train_summary.json            what `train_lightgcn` returned
+  eval/<split>_metrics.json     `evaluate_lightgcn` (the JSON shape of `evaluation.evaluate`)
+  item_embeddings.npy (+ .json) `export_item_embeddings`: [num_items, d] float32, row r = item r + 1
+
+Training runs whole epochs: an epoch is ceil(P / batch_size) steps over a permutation of
+the P distinct (user, item) training pairs drawn from (seed, epoch), the last batch
+wrapping around to its start; the negatives come from `fold_in(key(seed), step)` on
+device. So the trajectory depends on (seed, epoch) only, and a killed run that is
+started again resumes at its last saved epoch and continues exactly as an
+uninterrupted run would. `num_epochs`, `eval_every`, `early_stopping_patience`,
+`checkpoint_every`, `keep_checkpoints` and the mesh may change on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import time
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+import tqdm
+
+from jaxrec import evaluation
+from jaxrec.collaborative import lightgcn
+from jaxrec.data.config import DatasetConfig
+from jaxrec.data.splits import leave_one_out
+from jaxrec.encoders import item_job
+from jaxrec.pipeline import EvalConfig
+from jaxrec.training import checkpoints
+from jaxrec.training import optimizers
+from jaxrec.training import partitioning
+from jaxrec.training import train_state as train_state_lib
+
+MODEL_NAME = "lightgcn"
+ADAM = optimizers.OptimizerConfig(name="adamw", schedule="constant", learning_rate=1e-3,
+                                  warmup_steps=0, weight_decay=0.0)  # = Adam (the paper).
+
+
+@dataclasses.dataclass(frozen=True)
+class LightGcnTrainConfig:
+  """How LightGCN is trained.
+
+  Attributes:
+    num_epochs: epochs in total (a resumed run continues up to it).
+    batch_size: (user, positive) pairs per step (a multiple of the mesh's data size).
+    eval_every: epochs between validations (also after the last epoch); 0 = only at the end.
+    early_stopping_patience: stop after this many validations without a new best
+      valid_metric; 0 = never stop early.
+    valid_metric: "<metric>@<k>" on the validation split (higher is better).
+    checkpoint_every: epochs between checkpoints (also at the end and when stopping).
+    keep_checkpoints: latest checkpoints kept (the best one is kept apart).
+    seed: init, batch order and negatives.
+    optimizer: Adam, lr 1e-3 (as the paper) by default.
+    mesh: the device mesh; the edge arrays and the batch are split over "data".
+  """
+  num_epochs: int = 1000
+  batch_size: int = 2048
+  eval_every: int = 5
+  early_stopping_patience: int = 10
+  valid_metric: str = "ndcg@10"
+  checkpoint_every: int = 1
+  keep_checkpoints: int = 2
+  seed: int = 0
+  optimizer: optimizers.OptimizerConfig = ADAM
+  mesh: partitioning.MeshConfig = partitioning.MeshConfig()
+
+  def __post_init__(self):
+    if self.num_epochs < 0 or self.batch_size < 1 or self.eval_every < 0:
+      raise ValueError(f"LightGcnTrainConfig needs num_epochs >= 0, batch_size >= 1 and "
+                       f"eval_every >= 0; got {self}.")
+    if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
+      raise ValueError(f"LightGcnTrainConfig needs checkpoint_every >= 1 and "
+                       f"keep_checkpoints >= 1; got {self}.")
+
+
+# LightGcnTrainConfig fields (and the mesh) a resumed run may change.
+RESUMABLE_FIELDS = ("num_epochs", "eval_every", "early_stopping_patience", "checkpoint_every",
+                    "keep_checkpoints")
+_RESUMABLE = r"(LightGcnTrainConfig\.(%s)|MeshConfig\.\w+)\s*=" % "|".join(RESUMABLE_FIELDS)
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+@dataclasses.dataclass
+class LightGcnSetup:
+  """Everything built from the configs before training, evaluation or export."""
+  split: object
+  graph: lightgcn.BipartiteGraph
+  model: lightgcn.LightGCN
+  config: lightgcn.LightGcnConfig
+  train_config: LightGcnTrainConfig
+  mesh: jax.sharding.Mesh
+  fingerprint: str
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return max(1, math.ceil(self.graph.num_pairs / self.train_config.batch_size))
+
+  @functools.cached_property
+  def final_fn(self) -> Callable:
+    """Jitted `(params, graph) -> (users [U, d], items [N, d])` (compiled once per setup)."""
+    rep = partitioning.replicated(self.mesh)
+    return jax.jit(lambda p, g: self.model.apply({"params": p}, g),
+                   in_shardings=(rep, _graph_shardings(self)), out_shardings=(rep, rep))
+
+
+def fingerprint(dataset: DatasetConfig, config: lightgcn.LightGcnConfig,
+                train_config: LightGcnTrainConfig) -> str:
+  """Hash of what determines the trajectory (not the resumable fields or the mesh)."""
+  train = {k: v for k, v in dataclasses.asdict(train_config).items()
+           if k in ("batch_size", "seed", "optimizer", "valid_metric")}
+  blob = json.dumps([MODEL_NAME, dataclasses.asdict(dataset), dataclasses.asdict(config), train],
+                    sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def setup(dataset: DatasetConfig, config: lightgcn.LightGcnConfig,
+          train_config: LightGcnTrainConfig, devices=None) -> LightGcnSetup:
+  """Loads and splits the data, builds the training graph, the model and the mesh."""
+  split = leave_one_out(dataset.load())
+  mesh = partitioning.make_mesh(train_config.mesh, devices)
+  data_size = mesh.shape[partitioning.DATA]
+  if train_config.batch_size % data_size:
+    raise partitioning.MeshError(
+        f"LightGcnTrainConfig.batch_size={train_config.batch_size} is not divisible by the "
+        f"mesh's data axis ({data_size}). Fix: use a multiple of {data_size}.")
+  multiple = math.lcm(config.edge_pad_multiple, data_size)
+  graph = lightgcn.BipartiteGraph.from_split(split, pad_multiple=multiple)
+  model = lightgcn.LightGCN.from_config(config, graph.num_users, graph.num_items)
+  return LightGcnSetup(split, graph, model, config, train_config, mesh,
+                       fingerprint(dataset, config, train_config))
+
+
+def _graph_on_mesh(s: LightGcnSetup) -> dict:
+  """The graph's device arrays: edges split over "data", the positives' CSR replicated."""
+  edges = partitioning.data_sharding(s.mesh)
+  rep = partitioning.replicated(s.mesh)
+  arrays = s.graph.device_arrays()
+  return {k: partitioning.put_global(v, edges if k in ("src", "dst", "weight") else rep)
+          for k, v in arrays.items()}
+
+
+def _graph_shardings(s: LightGcnSetup) -> dict:
+  edges = partitioning.data_sharding(s.mesh)
+  rep = partitioning.replicated(s.mesh)
+  return {k: edges if k in ("src", "dst", "weight") else rep for k in s.graph.device_arrays()}
+
+
+def _init_state(s: LightGcnSetup, optimizer) -> train_state_lib.TrainState:
+  rep = partitioning.replicated(s.mesh)
+
+  def init(rng):
+    params = s.model.init(rng, method=lightgcn.LightGCN.ego)["params"]
+    return train_state_lib.TrainState(step=jax.numpy.zeros([], jax.numpy.int32), params=params,
+                                      opt_state=optimizer.init(params))
+
+  rng = jax.random.fold_in(jax.random.PRNGKey(s.train_config.seed), 0)
+  return jax.jit(init, out_shardings=rep)(rng)
+
+
+def _abstract(tree, sharding):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def make_train_step(s: LightGcnSetup, optimizer) -> Callable:
+  """Jitted `step(state, graph, users [B], pos [B], rng) -> (state, metrics)`.
+
+  The negatives are drawn from `fold_in(rng, state.step)`; the state is donated.
+  """
+  cfg = s.config
+  num_items = s.graph.num_items
+  steps = lightgcn.search_steps(s.graph.max_user_degree)
+
+  def step(state, graph, users, pos, rng):
+    neg = lightgcn.sample_negatives(jax.random.fold_in(rng, state.step), users, graph,
+                                    num_items, cfg.negative_tries, steps)
+    loss = lambda p: lightgcn.loss_fn(s.model, p, graph, users, pos, neg,  # noqa: E731
+                                      cfg.l2_weight)
+    (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+    state = train_state_lib.apply_gradients(state, grads, optimizer)
+    return state, {"loss": value, **aux}
+
+  rep, data = partitioning.replicated(s.mesh), partitioning.data_sharding(s.mesh)
+  jitted = jax.jit(step, in_shardings=(rep, _graph_shardings(s), data, data, rep),
+                   out_shardings=(rep, rep), donate_argnums=0)
+
+  def call(state, graph, users, pos, rng):
+    with jax.set_mesh(s.mesh):
+      return jitted(state, graph, partitioning.put_global(users, data),
+                    partitioning.put_global(pos, data), rng)
+  return call
+
+
+def final_embeddings(s: LightGcnSetup, params: dict, graph: Optional[dict] = None) -> tuple:
+  """(users [U, d], items [N, d]) final (layer-mean) embeddings as device arrays."""
+  graph = _graph_on_mesh(s) if graph is None else graph
+  with jax.set_mesh(s.mesh):
+    return s.final_fn(params, graph)
+
+
+def epoch_order(num_pairs: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+  """[steps * batch_size] pair indices of one epoch: a permutation, wrapped to full batches."""
+  steps = max(1, math.ceil(num_pairs / batch_size))
+  perm = np.random.default_rng([seed, epoch]).permutation(num_pairs)
+  return perm[np.arange(steps * batch_size) % num_pairs]
+
+
+# ---------------------------------------------------------------------------- workdir
+
+
+def _read_jsonl(path: str) -> list:
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _write_text(path: str, text: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _write_json(path: str, obj) -> None:
+  _write_text(path, json.dumps(obj, indent=1, default=str) + "\n")
+
+
+def check_workdir(workdir: str, fp: str, config_text: Optional[str] = None) -> None:
+  """Raises checkpoints.WorkdirError if `workdir` holds another run (writes nothing)."""
+  names = f"LightGcnTrainConfig.{{{','.join(RESUMABLE_FIELDS)}}} and MeshConfig"
+  checkpoints.check_run_dir(workdir, fp, config_text, subdirs=("checkpoints", "best"),
+                            changeable_lines=_RESUMABLE, changeable_names=names)
+  for entry in _read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+    if entry.get("fingerprint", fp) != fp:
+      raise checkpoints.WorkdirError(
+          f"{workdir}/metrics.jsonl was written by another run (fingerprint "
+          f"{entry['fingerprint']!r}, this run {fp!r}). Fix: use a new --workdir.")
+
+
+class _MetricsLog:
+  """metrics.jsonl; on resume, entries after the restored step are dropped."""
+
+  def __init__(self, path: str, resume_step: int):
+    self.path = path
+    self.enabled = jax.process_index() == 0
+    if self.enabled and os.path.isfile(path):
+      kept = [e for e in _read_jsonl(path) if e.get("step", 0) <= resume_step]
+      _write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
+
+  def write(self, entry: dict) -> None:
+    if self.enabled:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def _eval_options(eval_config: EvalConfig, valid_metric: str) -> dict:
+  try:
+    k = int(valid_metric.split("@")[1])
+  except (IndexError, ValueError):
+    raise ValueError(f"LightGcnTrainConfig.valid_metric={valid_metric!r} is not "
+                     f"'<metric>@<k>'. Fix: use e.g. 'ndcg@10'.") from None
+  return dict(ks=sorted(set(eval_config.ks) | {k}), batch_size=eval_config.batch_size,
+              max_history=eval_config.max_history, exclude_history=eval_config.exclude_history,
+              cold_start_threshold=eval_config.cold_start_threshold)
+
+
+def validate(s: LightGcnSetup, params: dict, graph: dict, options: dict,
+             which: str = "valid") -> dict:
+  """`evaluation.evaluate` of the model at `params` (no bootstrap, no progress bar)."""
+  users, items = final_embeddings(s, params, graph)
+  recommend = lightgcn.LightGcnRecommender(users, items)
+  return evaluation.evaluate(recommend, s.split, which, num_bootstrap=0, progress=False,
+                             **options)
+
+
+# ---------------------------------------------------------------------------- jobs
+
+
+def train_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),
+                   config: lightgcn.LightGcnConfig = lightgcn.LightGcnConfig(),
+                   train_config: LightGcnTrainConfig = LightGcnTrainConfig(),
+                   eval_config: EvalConfig = EvalConfig(), progress: bool = True,
+                   config_text: Optional[str] = None, devices=None,
+                   on_epoch: Optional[Callable[[int, object], None]] = None) -> dict:
+  """Trains LightGCN in `workdir` (resuming a run of the same configuration).
+
+  Validation (`evaluation.evaluate` on the valid split with eval_config's ks,
+  batch size and exclude_history) runs every `eval_every` epochs and after the last;
+  the best params by `valid_metric` go to `<workdir>/best`; training stops after
+  `early_stopping_patience` validations without a new best.
+
+  Args:
+    workdir: run folder (see the module docstring).
+    dataset: which dataset (split leave-one-out; the graph is its training part).
+    config: the model and loss.
+    train_config: epochs, batch, optimizer, validation, mesh.
+    eval_config: how validation evaluates.
+    progress: a tqdm bar and prints.
+    config_text: an operative gin config to save as config.gin and check on resume.
+    devices: the mesh's devices (default all).
+    on_epoch: called after every epoch (after validation and checkpointing) with
+      (epochs done, state): tests, custom hooks.
+
+  Returns:
+    {"epoch", "step", "steps_per_epoch", "best_epoch", "best_step", "best_value",
+    "valid_metric", "stopped_early", "loss", "epoch_seconds", "seconds",
+    "fingerprint"}; also written to `<workdir>/train_summary.json`.
+
+  Raises:
+    checkpoints.WorkdirError: the workdir holds another run.
+  """
+  started = time.perf_counter()
+  s = setup(dataset, config, train_config, devices)
+  tc, fp = train_config, s.fingerprint
+  check_workdir(workdir, fp, config_text)
+  options = _eval_options(eval_config, tc.valid_metric)
+  os.makedirs(workdir, exist_ok=True)
+  if config_text is not None and jax.process_index() == 0:
+    _write_text(os.path.join(workdir, "config.gin"), config_text)
+  optimizer = optimizers.make_optimizer(tc.optimizer)
+  graph = _graph_on_mesh(s)
+  step_fn = make_train_step(s, optimizer)
+  rng = partitioning.put_global(np.asarray(jax.random.PRNGKey(tc.seed)),
+                                partitioning.replicated(s.mesh))
+  pair_users, pair_items = s.graph.pair_users, s.graph.pair_items
+  spe = s.steps_per_epoch
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), fp,
+                                  max_to_keep=tc.keep_checkpoints)
+  best_ckpt = checkpoints.Checkpointer(os.path.join(workdir, "best"), fp, max_to_keep=1,
+                                       async_save=False)
+  epoch_seconds = []
+  try:
+    state = _init_state(s, optimizer)
+    meta = {}
+    if ckpt.latest_step() is not None:
+      state, meta = ckpt.restore(_abstract(state, partitioning.replicated(s.mesh)))
+    step = int(state.step)
+    epoch = int(meta.get("epoch", 0))
+    if step != epoch * spe:
+      raise checkpoints.CheckpointError(
+          f"{workdir}/checkpoints step {step} is not epoch {epoch} x {spe} steps per epoch. "
+          "Fix: use a new --workdir.")
+    best_ckpt.delete_after(step)  # a best saved after the restored step (killed run).
+    best = {"best_epoch": meta.get("best_epoch"), "best_step": meta.get("best_step"),
+            "best_value": meta.get("best_value"),
+            "evals_since_best": meta.get("evals_since_best", 0),
+            "stopped_early": meta.get("stopped_early", False)}
+    log = _MetricsLog(os.path.join(workdir, "metrics.jsonl"), step)
+    log.write({"step": step, "epoch": epoch, "event": "start" if step == 0 else "resume",
+               "fingerprint": fp, "devices": jax.device_count(), "mesh": dict(s.mesh.shape),
+               "users": s.graph.num_users, "items": s.graph.num_items,
+               "train_pairs": s.graph.num_pairs, "padded_edges": len(s.graph.src),
+               "steps_per_epoch": spe})
+    if progress and jax.process_index() == 0:
+      print(f"LightGCN: {s.graph.num_users:,} users, {s.graph.num_items:,} items, "
+            f"{s.graph.num_pairs:,} training pairs, {spe} steps/epoch; epoch {epoch} of "
+            f"{tc.num_epochs}")
+    last_loss = meta.get("loss")
+    bar = tqdm.tqdm(total=tc.num_epochs * spe, initial=step, unit="step", desc="lightgcn",
+                    disable=not progress or jax.process_index() != 0)
+    while epoch < tc.num_epochs and not best["stopped_early"]:
+      t0 = time.perf_counter()
+      order = epoch_order(s.graph.num_pairs, tc.batch_size, tc.seed, epoch)
+      pending = []
+      for b in range(spe):
+        idx = order[b * tc.batch_size:(b + 1) * tc.batch_size]
+        state, metrics = step_fn(state, graph, pair_users[idx], pair_items[idx], rng)
+        pending.append(metrics)
+        bar.update(1)
+      values = jax.device_get(pending)
+      seconds = time.perf_counter() - t0
+      epoch_seconds.append(seconds)
+      epoch += 1
+      step = int(state.step)
+      entry = {"step": step, "epoch": epoch,
+               **{k: float(np.mean([v[k] for v in values])) for k in values[0]},
+               "seconds": seconds, "pairs_per_s": spe * tc.batch_size / max(seconds, 1e-9)}
+      log.write(entry)
+      last_loss = entry["loss"]
+      bar.set_postfix(epoch=epoch, loss=f"{last_loss:.4f}")
+      last = epoch == tc.num_epochs
+      if last or (tc.eval_every and epoch % tc.eval_every == 0):
+        result = validate(s, state.params, graph, options)
+        value = float(result["metrics"]["overall"][tc.valid_metric]["mean"])
+        log.write({"step": step, "epoch": epoch, "event": "eval", "split": "valid",
+                   "seconds": result["seconds"],
+                   **{f"valid/{k}": v["mean"] for k, v in result["metrics"]["overall"].items()}})
+        if best["best_value"] is None or value > best["best_value"]:
+          best.update(best_epoch=epoch, best_step=step, best_value=value, evals_since_best=0)
+          best_ckpt.save(step, {"params": state.params},
+                         {"epoch": epoch, "valid_metric": tc.valid_metric, "value": value},
+                         force=True)
+        else:
+          best["evals_since_best"] += 1
+          if tc.early_stopping_patience and (
+              best["evals_since_best"] >= tc.early_stopping_patience):
+            best["stopped_early"] = True
+            log.write({"step": step, "epoch": epoch, "event": "early_stop", **best})
+        bar.set_postfix(epoch=epoch, loss=f"{last_loss:.4f}",
+                        **{tc.valid_metric: f"{value:.4f}"})
+      if last or best["stopped_early"] or epoch % tc.checkpoint_every == 0:
+        ckpt.save(step, state, {"epoch": epoch, "loss": last_loss, **best}, force=True)
+      if on_epoch is not None:
+        on_epoch(epoch, state)
+    bar.close()
+  finally:
+    ckpt.close()
+    best_ckpt.close()
+  summary = {"epoch": epoch, "step": step, "steps_per_epoch": spe,
+             "valid_metric": tc.valid_metric, "loss": last_loss,
+             "epoch_seconds": float(np.mean(epoch_seconds)) if epoch_seconds else None,
+             "seconds": time.perf_counter() - started, "fingerprint": fp, **best}
+  log.write({"step": step, "epoch": epoch, "event": "end",
+             **{k: v for k, v in summary.items() if k not in ("step", "epoch")}})
+  if jax.process_index() == 0:
+    _write_json(os.path.join(workdir, "train_summary.json"), summary)
+  return summary
+
+
+def restore_params(s: LightGcnSetup, workdir: str, which: str = "best") -> tuple:
+  """(params, meta) from `<workdir>/best` (falls back to the latest) or `<workdir>/checkpoints`.
+
+  Raises:
+    checkpoints.CheckpointError: nothing to restore, or a checkpoint of another config.
+  """
+  if which not in ("best", "latest"):
+    raise ValueError(f"checkpoint must be 'best' or 'latest', got {which!r}")
+  rep = partitioning.replicated(s.mesh)
+  optimizer = optimizers.make_optimizer(s.train_config.optimizer)
+  abstract_state = _abstract(jax.eval_shape(lambda: _init_state(s, optimizer)), rep)
+  for sub in (("best", "checkpoints") if which == "best" else ("checkpoints",)):
+    directory = os.path.join(workdir, sub)
+    if not os.path.isdir(directory):
+      continue
+    with checkpoints.Checkpointer(directory, s.fingerprint, async_save=False) as ckpt:
+      if ckpt.latest_step() is None:
+        continue
+      if sub == "best":
+        tree, meta = ckpt.restore({"params": abstract_state.params})
+        return tree["params"], dict(meta, checkpoint="best")
+      state, meta = ckpt.restore(abstract_state)
+      return state.params, dict(meta, checkpoint="latest")
+  raise checkpoints.CheckpointError(
+      f"no LightGCN checkpoint in {workdir}. Fix: train first (train_lightgcn / run_lightgcn) "
+      "with this workdir and the same configuration.")
+
+
+def evaluate_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),
+                      config: lightgcn.LightGcnConfig = lightgcn.LightGcnConfig(),
+                      train_config: LightGcnTrainConfig = LightGcnTrainConfig(),
+                      eval_config: EvalConfig = EvalConfig(), checkpoint: str = "best",
+                      progress: bool = True, devices=None) -> dict:
+  """Restores the best (or latest) params and writes `<workdir>/eval/<split>_metrics.json`.
+
+  Args: as `train_lightgcn` (the same bindings), plus checkpoint: "best" (falls
+    back to the latest when no validation ran) or "latest".
+
+  Returns:
+    {split: the JSON part of `evaluation.evaluate`'s result, plus model, fingerprint,
+    checkpoint, checkpoint_step, checkpoint_epoch, best_valid, eval_seconds,
+    users_per_second}.
+  """
+  s = setup(dataset, config, train_config, devices)
+  params, meta = restore_params(s, workdir, checkpoint)
+  users, items = final_embeddings(s, params)
+  recommend = lightgcn.LightGcnRecommender(users, items)
+  results = {}
+  for which in eval_config.splits:
+    started = time.perf_counter()
+    result = evaluation.evaluate(
+        recommend, s.split, which, ks=eval_config.ks, batch_size=eval_config.batch_size,
+        max_history=eval_config.max_history, exclude_history=eval_config.exclude_history,
+        cold_start_threshold=eval_config.cold_start_threshold,
+        num_bootstrap=eval_config.num_bootstrap, progress=progress)
+    seconds = time.perf_counter() - started
+    result = {k: v for k, v in result.items() if k not in evaluation.ARRAY_KEYS}
+    result.update(eval_seconds=seconds, users_per_second=result["num_examples"] / seconds,
+                  model=MODEL_NAME, fingerprint=s.fingerprint, checkpoint=meta["checkpoint"],
+                  checkpoint_step=int(meta["step"]), checkpoint_epoch=meta.get("epoch"),
+                  best_valid=meta.get("value"), model_config=dataclasses.asdict(config))
+    if jax.process_index() == 0:
+      evaluation.write_json(result, os.path.join(workdir, "eval", f"{which}_metrics.json"))
+    results[which] = result
+    if progress:
+      m = result["metrics"]["overall"]
+      print(f"{which}: " + ", ".join(f"{k}={m[k]['mean']:.4f}" for k in sorted(m)
+                                     if k.startswith(("recall@", "ndcg@"))))
+  return results
+
+
+def default_embeddings_path(workdir: str) -> str:
+  return os.path.join(workdir, "item_embeddings.npy")
+
+
+def export_item_embeddings(workdir: str, dataset: DatasetConfig = DatasetConfig(),
+                           config: lightgcn.LightGcnConfig = lightgcn.LightGcnConfig(),
+                           train_config: LightGcnTrainConfig = LightGcnTrainConfig(),
+                           output_path: Optional[str] = None, checkpoint: str = "best",
+                           progress: bool = True, devices=None) -> str:
+  """Writes the final item embeddings [num_items, d] float32 (row r = item id r + 1).
+
+  They come from the graph of the training part only (no validation or test
+  interaction), at the best (or latest) checkpoint. Written atomically, the JSON
+  sidecar (`<stem>.json`: fingerprint, dims, checkpoint, cold items) last, so a
+  sidecar always describes the .npy beside it (the `encoders.item_job` convention).
+
+  Args: as `evaluate_lightgcn`, plus output_path (default `<workdir>/item_embeddings.npy`).
+
+  Returns:
+    The .npy path.
+  """
+  s = setup(dataset, config, train_config, devices)
+  params, meta = restore_params(s, workdir, checkpoint)
+  _, items = final_embeddings(s, params)
+  items = np.asarray(jax.device_get(items), np.float32)
+  assert items.shape == (s.graph.num_items, config.embed_dim), items.shape
+  path = output_path or default_embeddings_path(workdir)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  sidecar = item_job.sidecar_path(path)
+  if os.path.exists(sidecar):  # a crash below must not leave an old sidecar vouching for new rows.
+    os.remove(sidecar)
+  item_job.write_atomically(path, lambda f: np.save(f, items))
+  untrained = int((s.graph.degrees[s.graph.num_users:] == 0).sum())
+  info = {
+      "fingerprint": s.fingerprint, "model": MODEL_NAME, "encoder": MODEL_NAME,
+      "dim": int(config.embed_dim), "num_items": int(s.graph.num_items),
+      "rows": "row r is item id r + 1",
+      "embedding": f"final LightGCN item embeddings (mean of layers 0..{config.num_layers})",
+      "graph": "training part of the leave-one-out split only (no validation/test items)",
+      "dataset": dataset.name, "dataset_config": dataclasses.asdict(dataset),
+      "model_config": dataclasses.asdict(config), "checkpoint": meta["checkpoint"],
+      "checkpoint_step": int(meta["step"]), "checkpoint_epoch": meta.get("epoch"),
+      "best_valid": meta.get("value"), "train_pairs": s.graph.num_pairs,
+      "items_without_training_interactions": untrained, "normalized": False,
+  }
+  item_job.write_atomically(sidecar, lambda f: f.write(
+      (json.dumps(info, indent=2, default=str) + "\n").encode()))
+  if progress:
+    print(f"LightGCN item embeddings [{items.shape[0]}, {items.shape[1]}] -> {path} "
+          f"({untrained} items without training interactions)")
+  return path
+
+
+def run_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),
+                 config: lightgcn.LightGcnConfig = lightgcn.LightGcnConfig(),
+                 train_config: LightGcnTrainConfig = LightGcnTrainConfig(),
+                 eval_config: EvalConfig = EvalConfig(), export: bool = True,
+                 progress: bool = True) -> dict:
+  """The tools/run.py job: train (or resume), evaluate the best checkpoint, export item
+  embeddings.
+
+  Returns:
+    {"train": train summary, "eval": {split: metrics}, "item_embeddings": path or None}.
+  """
+  summary = train_lightgcn(workdir, dataset, config, train_config, eval_config,
+                           progress=progress)
+  results = evaluate_lightgcn(workdir, dataset, config, train_config, eval_config,
+                              progress=progress)
+  path = export_item_embeddings(workdir, dataset, config, train_config,
+                                progress=progress) if export else None
+  return {"train": summary, "eval": results, "item_embeddings": path}
