@@ -37,6 +37,7 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 from jaxrec import configs
+from jaxrec import files
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.encoders import item_job
@@ -57,29 +58,6 @@ _TABLE_METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 
 
 # ---------------------------------------------------------------------------- files
-
-
-def _write_text(path: str, text_: str) -> None:
-  """Atomic: a temp name in the same folder, then rename."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text_)
-  os.replace(tmp, path)
-
-
-def _write_json(path: str, obj: Any) -> None:
-  _write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
-
-
-def _read_json(path: str) -> Optional[dict]:
-  if not os.path.isfile(path):
-    return None
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
 
 
 def sha256_file(path: str) -> str:
@@ -204,7 +182,7 @@ def run_stage(workdir: str, name: str, folder: str, fp: str, config: Any,
     The StageResult; the artifacts are the paths `run` returned (or recorded).
   """
   marker_path = os.path.join(folder, MARKER)
-  marker = _read_json(marker_path)
+  marker = files.read_json(marker_path)
   index = f"[{STAGES.index(name) + 1}/{len(STAGES)}]" if name in STAGES else ""
   settings = canonical(settings or {})
   if (marker and marker.get("fingerprint") == fp and marker.get("status") == "done" and
@@ -226,16 +204,16 @@ def run_stage(workdir: str, name: str, folder: str, fp: str, config: Any,
   elif progress:
     print(f"{index} {name}: running ...", flush=True)
   os.makedirs(folder, exist_ok=True)
-  _write_json(marker_path, {"stage": name, "fingerprint": fp, "status": "running",
-                            "settings": settings, "config": config})
+  files.write_json(marker_path, {"stage": name, "fingerprint": fp, "status": "running",
+                                 "settings": settings, "config": config}, sort_keys=True)
   started = time.perf_counter()
   paths = list(run())
   seconds = round(time.perf_counter() - started, 2)
-  _write_json(marker_path, {"stage": name, "fingerprint": fp, "status": "done",
-                            "settings": settings, "config": config, "seconds": seconds,
-                            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                            "artifacts_sha256": {os.path.relpath(p, folder): sha256_file(p)
-                                                 for p in paths}})
+  files.write_json(marker_path, {"stage": name, "fingerprint": fp, "status": "done",
+                                 "settings": settings, "config": config, "seconds": seconds,
+                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                 "artifacts_sha256": {os.path.relpath(p, folder): sha256_file(p)
+                                                      for p in paths}}, sort_keys=True)
   if progress:
     print(f"{index} {name}: done in {_duration(seconds)} -> {folder}", flush=True)
   return StageResult(name, "ran", seconds, seconds, fp,
@@ -334,7 +312,7 @@ def run_generative(workdir: str, dataset: DatasetConfig = DatasetConfig(),
 
   # 4. Trained generator -> metrics.
   eval_dir = os.path.join(gen_dir, "eval")
-  train_summary = _read_json(summary_path) or {}
+  train_summary = files.read_json(summary_path) or {}
   eval_config = stage_config(eval_job, passed)
   eval_fp = _hash({"generator": gen_fp, "config": eval_config,
                    "trained": {k: train_summary.get(k)
@@ -354,8 +332,8 @@ def run_generative(workdir: str, dataset: DatasetConfig = DatasetConfig(),
   summary = _summarize(workdir, dataset, stages, train_summary,
                        time.perf_counter() - started)
   table = results_markdown(summary)
-  _write_text(os.path.join(workdir, "results.md"), table)
-  _write_json(os.path.join(workdir, "pipeline_summary.json"), summary)
+  files.write_text(os.path.join(workdir, "results.md"), table)
+  files.write_json(os.path.join(workdir, "pipeline_summary.json"), summary, sort_keys=True)
   if progress:
     print(table, flush=True)
   return summary
@@ -367,7 +345,7 @@ def _summarize(workdir: str, dataset: DatasetConfig, stages: Sequence[StageResul
   metrics = {}
   suffix = "_metrics.json"
   for name, path in sorted(stages[-1].artifacts.items()):
-    result = _read_json(path) if name.endswith(suffix) else None
+    result = files.read_json(path) if name.endswith(suffix) else None
     if result:
       overall = (result.get("metrics") or {}).get("overall", {})
       metrics[name[:-len(suffix)]] = {

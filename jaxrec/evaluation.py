@@ -7,7 +7,6 @@ called as `recommend(histories, k, users=users)` with the examples' dataset user
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Callable, Optional, Sequence
@@ -15,6 +14,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import tqdm
 
+from jaxrec import files
 from jaxrec import metrics as metrics_lib
 from jaxrec.data.dataset import PAD_ITEM
 from jaxrec.data.splits import EvalExamples, LeaveOneOutSplit
@@ -151,16 +151,8 @@ def _jsonable(result: dict) -> dict:
 
 
 def write_json(result: dict, path: str) -> None:
-  """Writes the JSON part of an `evaluate` result atomically (tmp + os.replace)."""
-  path = os.fspath(path)
-  parent = os.path.dirname(path)
-  if parent:
-    os.makedirs(parent, exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(_jsonable(result), f, indent=2, sort_keys=False)
-    f.write("\n")
-  os.replace(tmp, path)
+  """Writes the JSON part of an `evaluate` result atomically (parent folders are created)."""
+  files.write_json(os.fspath(path), _jsonable(result), indent=2, default=None)
 
 
 def evaluate(recommend: Recommender, split: LeaveOneOutSplit, which: str = "test",

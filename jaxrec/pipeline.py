@@ -11,9 +11,10 @@ import hashlib
 import json
 import os
 import time
-from typing import Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from jaxrec import evaluation
+from jaxrec import files
 from jaxrec.collaborative import heuristics
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
@@ -51,6 +52,54 @@ def fingerprint(*configs) -> str:
   blob = json.dumps([dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c
                      for c in configs], sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def evaluate_and_save(recommend: evaluation.Recommender, split, which: str,
+                      eval_config: EvalConfig, workdir: str, max_history: Optional[int],
+                      extra: Union[Mapping[str, Any], Callable[[], Mapping[str, Any]]] = (),
+                      progress: bool = True) -> dict:
+  """Evaluates a trained model on one split and writes `<workdir>/eval/<split>_metrics.json`.
+
+  Runs `evaluation.evaluate` with eval_config's cutoffs, batch size, exclude_history,
+  cold-start threshold and bootstrap, keeps the JSON part of the result, adds
+  "eval_seconds" and "users_per_second" and then the model's `extra` fields, writes
+  the file on process 0 and (with progress) prints the overall recall/ndcg values.
+
+  Args:
+    recommend: the model's recommender (see `evaluation.evaluate`).
+    split: the leave-one-out split.
+    which: "valid" or "test".
+    eval_config: how to evaluate (its `splits` are not used here).
+    workdir: the run folder.
+    max_history: history items shown to the recommender (None = all); the caller
+      resolves eval_config.max_history against its model's own limit.
+    extra: fields added to the result (model, fingerprint, checkpoint, ...), or a
+      function returning them, called after the evaluation (e.g. to read statistics
+      the recommender gathered).
+    progress: progress bar and the printed line.
+
+  Returns:
+    The JSON part of the result with the added fields (what the file holds).
+  """
+  # JAX only here: the baselines job does not need it.
+  import jax  # pylint: disable=g-import-not-at-top
+  started = time.perf_counter()
+  result = evaluation.evaluate(
+      recommend, split, which, ks=eval_config.ks, batch_size=eval_config.batch_size,
+      max_history=max_history, exclude_history=eval_config.exclude_history,
+      cold_start_threshold=eval_config.cold_start_threshold,
+      num_bootstrap=eval_config.num_bootstrap, progress=progress)
+  seconds = time.perf_counter() - started
+  result = {k: v for k, v in result.items() if k not in evaluation.ARRAY_KEYS}
+  result.update(eval_seconds=seconds, users_per_second=result["num_examples"] / seconds)
+  result.update(extra() if callable(extra) else extra)
+  if jax.process_index() == 0:
+    evaluation.write_json(result, os.path.join(workdir, "eval", f"{which}_metrics.json"))
+  if progress:
+    m = result["metrics"]["overall"]
+    print(f"{which}: " + ", ".join(f"{k}={m[k]['mean']:.4f}" for k in sorted(m)
+                                   if k.startswith(("recall@", "ndcg@"))))
+  return result
 
 
 def _make_baseline(name: str, split, seed: int):
@@ -93,7 +142,7 @@ def evaluate_baselines(workdir: str, dataset: DatasetConfig = DatasetConfig(),
   data = dataset.load()
   split = leave_one_out(data)
   stats = data.stats()
-  _write_json(os.path.join(workdir, "dataset_stats.json"), stats)
+  files.write_json(os.path.join(workdir, "dataset_stats.json"), stats)
   if progress:
     print(f"{data.name}: {stats['users']:,} users, {stats['items']:,} items, "
           f"{stats['interactions']:,} interactions (loaded and split in "
@@ -124,7 +173,7 @@ def evaluate_baselines(workdir: str, dataset: DatasetConfig = DatasetConfig(),
       evaluation.write_json(result, path)
       results[name][which] = result
   table = results_table(results, data.name, eval_config)
-  _write_text(os.path.join(workdir, "results.md"), table)
+  files.write_text(os.path.join(workdir, "results.md"), table)
   if progress:
     print(table)
   return results
@@ -151,13 +200,3 @@ def results_table(results: dict, dataset_name: str, eval_config: EvalConfig,
 def _cell(s: dict) -> str:
   return f"{s['mean']:.4f} ({s['ci_low']:.4f}-{s['ci_high']:.4f})"
 
-
-def _write_json(path: str, obj) -> None:
-  _write_text(path, json.dumps(obj, indent=1, default=str) + "\n")
-
-
-def _write_text(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)

@@ -34,15 +34,17 @@ import numpy as np
 import tqdm
 
 from jaxrec import evaluation
+from jaxrec import files
 from jaxrec.collaborative import lightgcn
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.splits import leave_one_out
 from jaxrec.encoders import item_job
-from jaxrec.pipeline import EvalConfig
+from jaxrec.pipeline import EvalConfig, evaluate_and_save
 from jaxrec.training import checkpoints
 from jaxrec.training import optimizers
 from jaxrec.training import partitioning
 from jaxrec.training import train_state as train_state_lib
+from jaxrec.training import trainer as trainer_lib
 
 MODEL_NAME = "lightgcn"
 ADAM = optimizers.OptimizerConfig(name="adamw", schedule="constant", learning_rate=1e-3,
@@ -222,51 +224,16 @@ def epoch_order(num_pairs: int, batch_size: int, seed: int, epoch: int) -> np.nd
 # ---------------------------------------------------------------------------- workdir
 
 
-def _read_jsonl(path: str) -> list:
-  if not os.path.isfile(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def _write_text(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-def _write_json(path: str, obj) -> None:
-  _write_text(path, json.dumps(obj, indent=1, default=str) + "\n")
-
-
 def check_workdir(workdir: str, fp: str, config_text: Optional[str] = None) -> None:
   """Raises checkpoints.WorkdirError if `workdir` holds another run (writes nothing)."""
   names = f"LightGcnTrainConfig.{{{','.join(RESUMABLE_FIELDS)}}} and MeshConfig"
   checkpoints.check_run_dir(workdir, fp, config_text, subdirs=("checkpoints", "best"),
                             changeable_lines=_RESUMABLE, changeable_names=names)
-  for entry in _read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+  for entry in files.read_jsonl(os.path.join(workdir, "metrics.jsonl")):
     if entry.get("fingerprint", fp) != fp:
       raise checkpoints.WorkdirError(
           f"{workdir}/metrics.jsonl was written by another run (fingerprint "
           f"{entry['fingerprint']!r}, this run {fp!r}). Fix: use a new --workdir.")
-
-
-class _MetricsLog:
-  """metrics.jsonl; on resume, entries after the restored step are dropped."""
-
-  def __init__(self, path: str, resume_step: int):
-    self.path = path
-    self.enabled = jax.process_index() == 0
-    if self.enabled and os.path.isfile(path):
-      kept = [e for e in _read_jsonl(path) if e.get("step", 0) <= resume_step]
-      _write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
-
-  def write(self, entry: dict) -> None:
-    if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(entry) + "\n")
 
 
 def _eval_options(eval_config: EvalConfig, valid_metric: str) -> dict:
@@ -332,7 +299,7 @@ def train_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),
   options = _eval_options(eval_config, tc.valid_metric)
   os.makedirs(workdir, exist_ok=True)
   if config_text is not None and jax.process_index() == 0:
-    _write_text(os.path.join(workdir, "config.gin"), config_text)
+    files.write_text(os.path.join(workdir, "config.gin"), config_text)
   optimizer = optimizers.make_optimizer(tc.optimizer)
   graph = _graph_on_mesh(s)
   step_fn = make_train_step(s, optimizer)
@@ -361,7 +328,7 @@ def train_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),
             "best_value": meta.get("best_value"),
             "evals_since_best": meta.get("evals_since_best", 0),
             "stopped_early": meta.get("stopped_early", False)}
-    log = _MetricsLog(os.path.join(workdir, "metrics.jsonl"), step)
+    log = trainer_lib.MetricsLog(os.path.join(workdir, "metrics.jsonl"), step)
     log.write({"step": step, "epoch": epoch, "event": "start" if step == 0 else "resume",
                "fingerprint": fp, "devices": jax.device_count(), "mesh": dict(s.mesh.shape),
                "users": s.graph.num_users, "items": s.graph.num_items,
@@ -429,7 +396,7 @@ def train_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),
   log.write({"step": step, "epoch": epoch, "event": "end",
              **{k: v for k, v in summary.items() if k not in ("step", "epoch")}})
   if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, "train_summary.json"), summary)
+    files.write_json(os.path.join(workdir, "train_summary.json"), summary)
   return summary
 
 
@@ -480,28 +447,12 @@ def evaluate_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),
   params, meta = restore_params(s, workdir, checkpoint)
   users, items = final_embeddings(s, params)
   recommend = lightgcn.LightGcnRecommender(users, items)
-  results = {}
-  for which in eval_config.splits:
-    started = time.perf_counter()
-    result = evaluation.evaluate(
-        recommend, s.split, which, ks=eval_config.ks, batch_size=eval_config.batch_size,
-        max_history=eval_config.max_history, exclude_history=eval_config.exclude_history,
-        cold_start_threshold=eval_config.cold_start_threshold,
-        num_bootstrap=eval_config.num_bootstrap, progress=progress)
-    seconds = time.perf_counter() - started
-    result = {k: v for k, v in result.items() if k not in evaluation.ARRAY_KEYS}
-    result.update(eval_seconds=seconds, users_per_second=result["num_examples"] / seconds,
-                  model=MODEL_NAME, fingerprint=s.fingerprint, checkpoint=meta["checkpoint"],
-                  checkpoint_step=int(meta["step"]), checkpoint_epoch=meta.get("epoch"),
-                  best_valid=meta.get("value"), model_config=dataclasses.asdict(config))
-    if jax.process_index() == 0:
-      evaluation.write_json(result, os.path.join(workdir, "eval", f"{which}_metrics.json"))
-    results[which] = result
-    if progress:
-      m = result["metrics"]["overall"]
-      print(f"{which}: " + ", ".join(f"{k}={m[k]['mean']:.4f}" for k in sorted(m)
-                                     if k.startswith(("recall@", "ndcg@"))))
-  return results
+  extra = dict(model=MODEL_NAME, fingerprint=s.fingerprint, checkpoint=meta["checkpoint"],
+               checkpoint_step=int(meta["step"]), checkpoint_epoch=meta.get("epoch"),
+               best_valid=meta.get("value"), model_config=dataclasses.asdict(config))
+  return {which: evaluate_and_save(recommend, s.split, which, eval_config, workdir,
+                                   eval_config.max_history, extra, progress)
+          for which in eval_config.splits}
 
 
 def default_embeddings_path(workdir: str) -> str:
@@ -535,7 +486,7 @@ def export_item_embeddings(workdir: str, dataset: DatasetConfig = DatasetConfig(
   sidecar = item_job.sidecar_path(path)
   if os.path.exists(sidecar):  # a crash below must not leave an old sidecar vouching for new rows.
     os.remove(sidecar)
-  item_job.write_atomically(path, lambda f: np.save(f, items))
+  files.save_npy(path, items)
   untrained = int((s.graph.degrees[s.graph.num_users:] == 0).sum())
   info = {
       "fingerprint": s.fingerprint, "model": MODEL_NAME, "encoder": MODEL_NAME,
@@ -549,8 +500,7 @@ def export_item_embeddings(workdir: str, dataset: DatasetConfig = DatasetConfig(
       "best_valid": meta.get("value"), "train_pairs": s.graph.num_pairs,
       "items_without_training_interactions": untrained, "normalized": False,
   }
-  item_job.write_atomically(sidecar, lambda f: f.write(
-      (json.dumps(info, indent=2, default=str) + "\n").encode()))
+  files.write_json(sidecar, info, indent=2)
   if progress:
     print(f"LightGCN item embeddings [{items.shape[0]}, {items.shape[1]}] -> {path} "
           f"({untrained} items without training interactions)")

@@ -18,19 +18,18 @@ import dataclasses
 import hashlib
 import json
 import os
-import time
 from typing import Callable, Optional
 
 import jax
 import numpy as np
 
-from jaxrec import evaluation
+from jaxrec import files
 from jaxrec.collaborative.sasrec import SasRecConfig, SasRecError, SasRecModel
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.data.splits import LeaveOneOutSplit, leave_one_out
 from jaxrec.encoders import item_job
-from jaxrec.pipeline import EvalConfig
+from jaxrec.pipeline import EvalConfig, evaluate_and_save
 from jaxrec.training import trainer as trainer_lib
 
 MODEL_NAME = "sasrec"
@@ -177,11 +176,11 @@ def _train(s: SasRecSetup, workdir: str, trainer_config: trainer_lib.TrainerConf
       fingerprint=s.fingerprint, config_text=operative_config() if operative_config else None,
       eval_options=_eval_options(eval_config), progress=progress)
   path = os.path.join(workdir, "train_summary.json")
-  old = _read_json(path)
+  old = files.read_json(path)
   if summary.get("loss") is None and old and old.get("step") == summary["step"]:
     return old  # A finished run, resumed with nothing to do: keep the real summary.
   if jax.process_index() == 0:
-    _write_json(path, summary)
+    files.write_json(path, summary)
   return summary
 
 
@@ -217,31 +216,14 @@ def _evaluate(s: SasRecSetup, workdir: str, trainer_config: trainer_lib.TrainerC
               eval_config: EvalConfig, checkpoint: str, progress: bool) -> dict:
   model_config = s.model.config
   tr, state, meta, fp = _restore(s, workdir, trainer_config, checkpoint)
-  results = {}
-  for which in eval_config.splits:
-    started = time.perf_counter()
-    result = evaluation.evaluate(
-        tr.recommender(state, s.make_recommender), s.split, which, ks=eval_config.ks,
-        batch_size=eval_config.batch_size,
-        max_history=eval_config.max_history or trainer_config.max_history,
-        exclude_history=eval_config.exclude_history,
-        cold_start_threshold=eval_config.cold_start_threshold,
-        num_bootstrap=eval_config.num_bootstrap, progress=progress)
-    seconds = time.perf_counter() - started
-    result = {k: v for k, v in result.items() if k not in evaluation.ARRAY_KEYS}
-    result.update(eval_seconds=seconds, users_per_second=result["num_examples"] / seconds,
-                  model=MODEL_NAME, model_config=dataclasses.asdict(model_config),
-                  fingerprint=fp, eval_fingerprint=_eval_fingerprint(eval_config),
-                  checkpoint_step=int(state.step), checkpoint=checkpoint,
-                  best_valid=meta.get("value"))
-    if jax.process_index() == 0:
-      evaluation.write_json(result, os.path.join(workdir, "eval", f"{which}_metrics.json"))
-    results[which] = result
-    if progress:
-      m = result["metrics"]["overall"]
-      print(f"{which}: " + ", ".join(f"{k}={m[k]['mean']:.4f}" for k in sorted(m)
-                                     if k.startswith(("recall@", "ndcg@"))))
-  return results
+  extra = dict(model=MODEL_NAME, model_config=dataclasses.asdict(model_config), fingerprint=fp,
+               eval_fingerprint=_eval_fingerprint(eval_config),
+               checkpoint_step=int(state.step), checkpoint=checkpoint,
+               best_valid=meta.get("value"))
+  max_history = eval_config.max_history or trainer_config.max_history
+  return {which: evaluate_and_save(tr.recommender(state, s.make_recommender), s.split, which,
+                                   eval_config, workdir, max_history, extra, progress)
+          for which in eval_config.splits}
 
 
 def export_item_embeddings(workdir: str, dataset: DatasetConfig = DatasetConfig(),
@@ -304,9 +286,8 @@ def _export(s: SasRecSetup, workdir: str, dataset: DatasetConfig,
     sidecar = item_job.sidecar_path(output_path)
     if os.path.exists(sidecar):
       os.remove(sidecar)
-    item_job.write_atomically(output_path, lambda f: np.save(f, embeddings))
-    item_job.write_atomically(sidecar, lambda f: f.write(
-        (json.dumps(meta_out, indent=2, default=str) + "\n").encode()))
+    files.save_npy(output_path, embeddings)
+    files.write_json(sidecar, meta_out, indent=2)
   if progress:
     print(f"SASRec item embeddings [{n}, {model_config.hidden}] (step {int(state.step)}) -> "
           f"{output_path}")
@@ -348,7 +329,7 @@ def run_sasrec(workdir: str, dataset: DatasetConfig = DatasetConfig(),
   step = _evaluated_step(summary)
   done = {}
   for which in eval_config.splits:
-    old = _read_json(os.path.join(workdir, "eval", f"{which}_metrics.json"))
+    old = files.read_json(os.path.join(workdir, "eval", f"{which}_metrics.json"))
     if old and old.get("fingerprint") == fp and old.get("checkpoint_step") == step and (
         old.get("eval_fingerprint") == _eval_fingerprint(eval_config)):
       done[which] = old
@@ -370,18 +351,3 @@ def run_sasrec(workdir: str, dataset: DatasetConfig = DatasetConfig(),
       _export(s, workdir, dataset, trainer_config, path, "best", progress)
   return {"train": summary, "eval": results, "embeddings": path}
 
-
-def _read_json(path: str) -> Optional[dict]:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
-def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, default=str)
-    f.write("\n")
-  os.replace(tmp, path)

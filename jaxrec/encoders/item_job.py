@@ -13,12 +13,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import time
 from typing import Optional
 
 import numpy as np
 
+from jaxrec import files
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.encoders import text
@@ -42,14 +42,7 @@ def fingerprint(dataset: DatasetConfig, encoder: str, max_length: int,
 
 def read_sidecar(output_path: str) -> Optional[dict]:
   """The JSON sidecar of `output_path`, or None when missing or unreadable."""
-  path = sidecar_path(output_path)
-  if not os.path.isfile(path):
-    return None
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
+  return files.read_json(sidecar_path(output_path))
 
 
 def is_up_to_date(output_path: str, fp: str) -> bool:
@@ -58,19 +51,9 @@ def is_up_to_date(output_path: str, fp: str) -> bool:
   return os.path.isfile(output_path) and meta is not None and meta.get("fingerprint") == fp
 
 
-def write_atomically(path: str, write) -> None:
-  """write(binary file) into a temp file in path's folder, then rename it to path."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private.
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+# write(binary file) into a temp file in path's folder, then rename it to path (kept for
+# callers of this name; the implementation is shared).
+write_atomically = files.write_atomically
 
 
 def encode_items(output_path: str, dataset: DatasetConfig = DatasetConfig(),
@@ -121,7 +104,7 @@ def encode_items(output_path: str, dataset: DatasetConfig = DatasetConfig(),
   # The sidecar goes first: a crash below must not leave an old sidecar vouching for new rows.
   if os.path.exists(sidecar_path(output_path)):
     os.remove(sidecar_path(output_path))
-  write_atomically(output_path, lambda f: np.save(f, embeddings.astype(np.float32)))
+  files.save_npy(output_path, embeddings.astype(np.float32))
   meta = {
       "fingerprint": fp, "encoder": encoder, "model_dir": model.model_dir, "dim": model.dim,
       "dataset": dataset.name, "dataset_config": dataclasses.asdict(dataset),
@@ -130,8 +113,7 @@ def encode_items(output_path: str, dataset: DatasetConfig = DatasetConfig(),
       "items_with_empty_text": len(empty), "empty_text_item_ids": empty[:_MAX_LISTED],
       "seconds": round(done - ready, 2), "seconds_total": round(time.time() - start, 2),
   }
-  write_atomically(sidecar_path(output_path),
-                   lambda f: f.write((json.dumps(meta, indent=2, default=str) + "\n").encode()))
+  files.write_json(sidecar_path(output_path), meta, indent=2)
   if progress:
     print(f"{data.num_items:,} items ({len(empty):,} with empty text) -> {output_path} "
           f"[{data.num_items}, {model.dim}] float32")

@@ -11,19 +11,18 @@ import dataclasses
 import hashlib
 import json
 import os
-import time
 from typing import Callable, Optional
 
 import jax
 import numpy as np
 
-from jaxrec import evaluation
+from jaxrec import files
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.data.splits import leave_one_out
 from jaxrec.decoding import DecodingConfig, build_trie, trie_stats
 from jaxrec.generator import EncoderDecoderModel, T5Config, TokenLayout, make_token_batch
-from jaxrec.pipeline import EvalConfig
+from jaxrec.pipeline import EvalConfig, evaluate_and_save
 from jaxrec.training import trainer as trainer_lib
 
 
@@ -235,7 +234,7 @@ def train_generator(workdir: str, semantic_ids_path: str,
       fingerprint=s.fingerprint, config_text=operative_config() if operative_config else None,
       eval_options=options, progress=progress)
   if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, "train_summary.json"), summary)
+    files.write_json(os.path.join(workdir, "train_summary.json"), summary)
   return summary
 
 
@@ -264,39 +263,22 @@ def evaluate_generator(workdir: str, semantic_ids_path: str,
   results = {}
   for which in eval_config.splits:
     recommend = tr.recommender(state, s.make_recommender)
-    started = time.perf_counter()
-    result = evaluation.evaluate(
-        recommend, s.split, which, ks=eval_config.ks, batch_size=eval_config.batch_size,
-        max_history=eval_config.max_history or trainer_config.max_history,
-        exclude_history=eval_config.exclude_history,
-        cold_start_threshold=eval_config.cold_start_threshold,
-        num_bootstrap=eval_config.num_bootstrap, progress=progress)
-    seconds = time.perf_counter() - started
-    result = {k: v for k, v in result.items() if k not in evaluation.ARRAY_KEYS}
-    result.update(eval_seconds=seconds, users_per_second=result["num_examples"] / seconds)
-    stats = recommend.stats
-    result.update(model="generator", fingerprint=fp, checkpoint_step=int(state.step),
-                  checkpoint=checkpoint, best_valid=meta.get("value"))
-    if decoding is None:
-      result.update(decoding="greedy top-1 (repeated over k)",
-                    exact_code_match_rate=stats["exact"] / max(stats["total"], 1))
-    else:
-      result.update(decoding=dict(dataclasses.asdict(decoding), method="trie beam search"),
-                    found_rate=stats["found"] / max(stats["total"], 1),
-                    trie=trie_stats(s.model.trie))
-    if jax.process_index() == 0:
-      evaluation.write_json(result, os.path.join(workdir, "eval", f"{which}_metrics.json"))
-    results[which] = result
-    if progress:
-      m = result["metrics"]["overall"]
-      print(f"{which}: " + ", ".join(f"{k}={m[k]['mean']:.4f}" for k in sorted(m)
-                                     if k.startswith(("recall@", "ndcg@"))))
+
+    def details(stats=recommend.stats) -> dict:
+      fields = dict(model="generator", fingerprint=fp, checkpoint_step=int(state.step),
+                    checkpoint=checkpoint, best_valid=meta.get("value"))
+      if decoding is None:
+        fields.update(decoding="greedy top-1 (repeated over k)",
+                      exact_code_match_rate=stats["exact"] / max(stats["total"], 1))
+      else:
+        fields.update(decoding=dict(dataclasses.asdict(decoding), method="trie beam search"),
+                      found_rate=stats["found"] / max(stats["total"], 1),
+                      trie=trie_stats(s.model.trie))
+      return fields
+
+    results[which] = evaluate_and_save(
+        recommend, s.split, which, eval_config, workdir,
+        max_history=eval_config.max_history or trainer_config.max_history, extra=details,
+        progress=progress)
   return results
 
-
-def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, default=str)
-    f.write("\n")
-  os.replace(tmp, path)

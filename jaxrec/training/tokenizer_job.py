@@ -19,6 +19,7 @@ from typing import Optional
 import jax
 import numpy as np
 
+from jaxrec import files
 from jaxrec.data.errors import DataError
 from jaxrec.quantizers import rqvae
 from jaxrec.quantizers import semantic_ids
@@ -182,11 +183,11 @@ def build_semantic_ids(workdir: str, embeddings_path: str,
     stats["reference"] = {"path": os.path.abspath(reference_ids_path),
                           **semantic_ids.collision_stats(read_reference_ids(reference_ids_path),
                                                          model_config.codebook_size)}
-  _save_npy(ids_path, ids)
+  files.save_npy(ids_path, ids)
   plot_usage(tokens.codes, model_config.codebook_size, os.path.join(workdir, "codebook_usage.png"),
              title=f"{job.method}: {len(x):,} items, collision rate "
                    f"{stats['before']['collision_rate']:.3f} before {job.collision}")
-  _save_text(stats_path, json.dumps(stats, indent=1) + "\n")
+  files.write_json(stats_path, stats, default=None)
   if progress:
     b, a = stats["before"], stats["after"]
     used = ", ".join(str(level["used_codes"]) for level in b["levels"])
@@ -227,17 +228,4 @@ def plot_usage(codes: np.ndarray, codebook_size: int, path: str, title: str = ""
   tmp = path + ".tmp.png"
   fig.savefig(tmp, dpi=80)
   plt.close(fig)
-  os.replace(tmp, path)
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-  tmp = path + ".tmp.npy"
-  np.save(tmp, array)
-  os.replace(tmp, path)
-
-
-def _save_text(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
   os.replace(tmp, path)

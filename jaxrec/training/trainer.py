@@ -17,6 +17,7 @@ import optax
 import tqdm
 
 from jaxrec import evaluation
+from jaxrec import files
 from jaxrec.data import batching
 from jaxrec.data.splits import LeaveOneOutSplit, TrainExamples
 from jaxrec.training import checkpoints
@@ -196,20 +197,6 @@ class Trainer:
 # ---------------------------------------------------------------------------- workdir
 
 
-def _read_jsonl(path: str) -> list:
-  if not os.path.isfile(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def _write_text(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 # TrainerConfig fields a resumed run may change (with the mesh): not part of the trajectory.
 RESUMABLE_FIELDS = ("num_steps", "eval_every", "checkpoint_every", "keep_checkpoints",
                     "log_every", "early_stopping_patience")
@@ -226,21 +213,21 @@ def check_workdir(workdir: str, fingerprint: str, config_text: Optional[str] = N
   names = f"TrainerConfig.{{{','.join(RESUMABLE_FIELDS)}}} and MeshConfig"
   checkpoints.check_run_dir(workdir, fingerprint, config_text, subdirs=("checkpoints", "best"),
                             changeable_lines=_RESUMABLE, changeable_names=names)
-  for entry in _read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+  for entry in files.read_jsonl(os.path.join(workdir, "metrics.jsonl")):
     if entry.get("fingerprint", fingerprint) != fingerprint:
       raise WorkdirError(f"{workdir}/metrics.jsonl was written by another run (fingerprint "
                          f"{entry['fingerprint']!r}). Fix: use a new --workdir.")
 
 
-class _MetricsLog:
+class MetricsLog:
   """metrics.jsonl (process 0 writes); on resume, entries after the restored step are dropped."""
 
   def __init__(self, path: str, resume_step: int):
     self.path = path
     self.enabled = jax.process_index() == 0
     if self.enabled and os.path.isfile(path):
-      kept = [e for e in _read_jsonl(path) if e.get("step", 0) <= resume_step]
-      _write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
+      kept = [e for e in files.read_jsonl(path) if e.get("step", 0) <= resume_step]
+      files.write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
 
   def write(self, entry: dict) -> None:
     if self.enabled:
@@ -293,7 +280,7 @@ def input_shapes(split: LeaveOneOutSplit, batch_fn: BatchFn, config: TrainerConf
 
 def _validate(trainer: Trainer, state: TrainState, split: LeaveOneOutSplit,
               make_recommender: MakeRecommender, options: dict, best: dict,
-              best_ckpt: checkpoints.Checkpointer, log: _MetricsLog) -> None:
+              best_ckpt: checkpoints.Checkpointer, log: MetricsLog) -> None:
   """Validates, logs, saves a new best, counts evals without one (updates `best` in place)."""
   config, step = trainer.config, int(state.step)
   result = run_validation(trainer, state, split, make_recommender, **options)
@@ -359,7 +346,7 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
   trainer = Trainer(model, config, input_shapes(split, batch_fn, config), devices)
   os.makedirs(workdir, exist_ok=True)
   if config_text is not None and jax.process_index() == 0:
-    _write_text(os.path.join(workdir, "config.gin"), config_text)
+    files.write_text(os.path.join(workdir, "config.gin"), config_text)
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), fp,
                                   max_to_keep=config.keep_checkpoints)
   best_ckpt = checkpoints.Checkpointer(os.path.join(workdir, "best"), fp, max_to_keep=1,
@@ -374,7 +361,7 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
     best = {"best_step": meta.get("best_step"), "best_value": meta.get("best_value"),
             "evals_since_best": meta.get("evals_since_best", 0),
             "stopped_early": meta.get("stopped_early", False)}
-    log = _MetricsLog(os.path.join(workdir, "metrics.jsonl"), step)
+    log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), step)
     log.write({"step": step, "event": "start" if step == 0 else "resume", "fingerprint": fp,
                "devices": jax.device_count(), "processes": jax.process_count(),
                "mesh": dict(trainer.mesh.shape)})
