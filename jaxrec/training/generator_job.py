@@ -90,6 +90,16 @@ def make_batch_fn(semantic_ids: np.ndarray, layout: TokenLayout,
   return lambda batch: make_token_batch(batch, semantic_ids, layout, max_history)
 
 
+def history_tokens(histories: np.ndarray, semantic_ids: np.ndarray, layout: TokenLayout,
+                   max_history: int) -> dict:
+  """Evaluation histories [B, W] (0-padded at the end, no users) -> the encoder tokens of
+  `make_token_batch` (the user token, if any, is PAD)."""
+  histories = np.asarray(histories, np.int32)
+  batch = {"history": histories, "length": (histories > 0).sum(1).astype(np.int32),
+           "user": np.full(len(histories), -1, np.int32)}
+  return make_token_batch(batch, semantic_ids, layout, max_history)
+
+
 def make_beam_recommender_factory(semantic_ids: np.ndarray, layout: TokenLayout,
                                   max_history: int, top_k: int, fallback_item: int = 1
                                   ) -> trainer_lib.MakeRecommender:
@@ -109,10 +119,8 @@ def make_beam_recommender_factory(semantic_ids: np.ndarray, layout: TokenLayout,
                         fix=f"bind DecodingConfig.top_k (and beam_size) to at least {k}, or "
                             "lower the largest cutoff in EvalConfig.ks (exclude_history asks "
                             "for k + history width).")
-      histories = np.asarray(histories, np.int32)
-      batch = {"history": histories, "length": (histories > 0).sum(1).astype(np.int32),
-               "user": np.full(len(histories), -1, np.int32)}
-      items = np.asarray(predict(make_token_batch(batch, semantic_ids, layout, max_history)))
+      items = np.asarray(predict(history_tokens(histories, semantic_ids, layout,
+                                                max_history)))
       found = items > 0
       recommend.stats["found"] += int(found.sum())
       recommend.stats["total"] += found.size
@@ -136,10 +144,8 @@ def make_recommender_factory(semantic_ids: np.ndarray, layout: TokenLayout, max_
 
   def make(predict):
     def recommend(histories: np.ndarray, k: int) -> np.ndarray:
-      histories = np.asarray(histories, np.int32)
-      batch = {"history": histories, "length": (histories > 0).sum(1).astype(np.int32),
-               "user": np.full(len(histories), -1, np.int32)}
-      items, exact = lookup(predict(make_token_batch(batch, semantic_ids, layout, max_history)))
+      items, exact = lookup(predict(history_tokens(histories, semantic_ids, layout,
+                                                   max_history)))
       recommend.stats["exact"] += int(exact.sum())
       recommend.stats["total"] += len(exact)
       return np.repeat(items[:, None], k, axis=1)
