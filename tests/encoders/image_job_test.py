@@ -1,0 +1,56 @@
+"""The image-feature job: artifacts, skip on rerun, the precomputed-features adapter, bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jaxrec.data.config import DatasetConfig
+from jaxrec.data.errors import DataError
+from jaxrec.encoders import image_job
+
+TINY = DatasetConfig(name="synthetic", options={"num_items": 12, "num_users": 40,
+                                                "image_size": 16})
+
+
+def test_features_adapter_writes_npy_and_sidecar_and_skips_rerun(tmp_path):
+  features = np.random.default_rng(0).normal(size=(12, 5)).astype(np.float32)
+  features[3] = 0.0
+  src = tmp_path / "mine.npy"
+  np.save(src, features)
+  out = str(tmp_path / "out" / "image_features.npy")
+  assert image_job.encode_images(out, TINY, encoder="features", features_path=str(src),
+                                 progress=False) == out
+  np.testing.assert_array_equal(np.load(out), features)
+  meta = json.load(open(tmp_path / "out" / "image_features.json"))
+  assert meta["modality"] == "image" and meta["dim"] == 5 and meta["num_items"] == 12
+  assert meta["encoder_meta"]["zero_rows"] == 1
+  mtime = os.path.getmtime(out)
+  image_job.encode_images(out, TINY, encoder="features", features_path=str(src), progress=False)
+  assert os.path.getmtime(out) == mtime  # Same fingerprint: skipped.
+
+
+def test_efficientnet_features_of_the_synthetic_images(tmp_path):
+  out = str(tmp_path / "f.npy")
+  image_job.encode_images(out, TINY, encoder="efficientnet_lite0", image_size=32,
+                          batch_size=12, progress=False)
+  x = np.load(out)
+  assert x.shape == (12, 1280) and x.dtype == np.float32 and np.isfinite(x).all()
+  assert (np.abs(x).sum(1) > 0).all()  # Every synthetic item has an image.
+  meta = json.load(open(tmp_path / "f.json"))
+  assert meta["image_report"]["with_image"] == 12 and meta["encoder"] == "efficientnet_lite0"
+
+
+def test_bad_input_names_the_binding_and_writes_nothing(tmp_path):
+  out = str(tmp_path / "f.npy")
+  with pytest.raises(DataError, match="encode_images.encoder"):
+    image_job.encode_images(out, TINY, encoder="clip", progress=False)
+  with pytest.raises(DataError, match="features_path"):
+    image_job.encode_images(out, TINY, encoder="features", progress=False)
+  wrong = tmp_path / "wrong.npy"
+  np.save(wrong, np.ones((7, 3), np.float32))
+  with pytest.raises(DataError, match="wrong.npy"):
+    image_job.encode_images(out, TINY, encoder="features", features_path=str(wrong),
+                            progress=False)
+  assert not os.path.exists(out) and not os.path.exists(tmp_path / "f.json")
