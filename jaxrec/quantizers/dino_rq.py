@@ -69,6 +69,10 @@ class DinoRqConfig:
     head_bottleneck: width of the L2-normalised bottleneck (DINO: 256).
     out_dim: number of prototypes (DINO: 65536).
     head_batch_norm: standardise the head's hidden layers over the batch (DINO's use_bn).
+    quantize_before_head: True (DINO-RQ): the head sees the quantized embedding, so the
+      codes are trained by self-distillation. False: plain DINO (the head sees z); with
+      quantization_weight = 0 this is the backbone of the "extract, then quantize"
+      baseline (MSCGRec's ablation): quantize its embeddings afterwards.
     student_temp: student softmax temperature.
     teacher_temp: teacher temperature after the warmup.
     warmup_teacher_temp: teacher temperature at step 0 (DINO: 0.04 -> 0.07 over 30 epochs).
@@ -91,6 +95,7 @@ class DinoRqConfig:
   head_bottleneck: int = 128
   out_dim: int = 1024
   head_batch_norm: bool = True
+  quantize_before_head: bool = True
   student_temp: float = 0.1
   teacher_temp: float = 0.04
   warmup_teacher_temp: float = 0.04
@@ -317,7 +322,8 @@ class DinoRq(nn.Module):
     z = self.embed(images, deterministic)
     quant = self.quantizer(z)
     return {"z": z, "quantized": quant["quantized"], "codes": quant["codes"],
-            "residuals": quant["residuals"], "logits": self.head(quant["quantized"]),
+            "residuals": quant["residuals"],
+            "logits": self.head(quant["quantized"] if self.config.quantize_before_head else z),
             "codebook": quant["codebook"], "commitment": quant["commitment"]}
 
   def embed(self, images: jax.Array, deterministic: bool = True) -> jax.Array:

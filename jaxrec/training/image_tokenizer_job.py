@@ -143,7 +143,7 @@ def build_image_semantic_ids(workdir: str, dataset: DatasetConfig = DatasetConfi
   stats_path = os.path.join(workdir, "tokenizer_stats.json")
   ids_path = os.path.join(workdir, "semantic_ids.npy")
   emb_path = os.path.join(workdir, "image_embeddings.npy")
-  fp = fingerprint(dataset, model_config, train_config, job, ImageIdsJobConfig()) + f"-{size}"
+  fp = fingerprint(dataset, model_config, train_config, job) + f"-{size}"
   old = files.read_json(stats_path)
   if old and old.get("fingerprint") == fp and os.path.isfile(ids_path):
     if progress:

@@ -4,6 +4,7 @@
 import dataclasses
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -188,3 +189,17 @@ def test_ema_codebooks_and_dead_code_revival_run(images):
   codebooks = state.params["quantizer"]["codebooks"]
   assert not np.allclose(codebooks, dino_rq.init_dino_rq_state(images, config, train)
                          .params["quantizer"]["codebooks"])
+
+
+def test_plain_dino_head_sees_the_unquantized_embedding(images):
+  """quantize_before_head=False (the post-quantization baseline's backbone): the logits do
+  not depend on the codebooks; with it on they do."""
+  views = augment.full_view(jnp.asarray(images[:4]), 16)
+  for before, depends in ((False, False), (True, True)):
+    model = dino_rq.DinoRq(dataclasses.replace(TINY, quantize_before_head=before))
+    params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), views))["params"]
+    moved = jax.tree_util.tree_map(lambda x: x, params)
+    moved["quantizer"]["codebooks"] = moved["quantizer"]["codebooks"] + 1.0
+    a = model.apply({"params": params}, views)["logits"]
+    b = model.apply({"params": moved}, views)["logits"]
+    assert (not np.allclose(a, b)) == depends
