@@ -37,6 +37,8 @@ flags.DEFINE_enum("image_encoder", "efficientnet_lite0", list(image.IMAGE_ENCODE
                   "Image encoder (--modality=image); 'features' adopts --features.")
 flags.DEFINE_string("features", None, "Precomputed [num_items, d] .npy image features from any "
                     "model (--image_encoder=features).")
+flags.DEFINE_string("image_dir", None, "Read item images from this folder of "
+                    "<raw item id>.jpg|jpeg|png instead of the dataset's own.")
 flags.DEFINE_integer("image_size", None, "Host image load size (default: the encoder's).")
 flags.DEFINE_enum("encoder", "minilm", list(text.ENCODERS), "Text encoder.")
 flags.DEFINE_string("model_dir", None, "Use this sentence-transformers folder for the weights.")
@@ -59,7 +61,7 @@ def main(argv):
     output = FLAGS.output or os.path.join(FLAGS.workdir, "image_features.npy")
     image_job.encode_images(output, dataset, encoder=FLAGS.image_encoder,
                             image_size=FLAGS.image_size, features_path=FLAGS.features,
-                            batch_size=FLAGS.batch_size or 64)
+                            batch_size=FLAGS.batch_size or 64, image_dir=FLAGS.image_dir)
     return
   output = FLAGS.output or os.path.join(FLAGS.workdir, "item_embeddings.npy")
   item_job.encode_items(output, dataset, encoder=FLAGS.encoder, model_dir=FLAGS.model_dir,

@@ -238,6 +238,15 @@ def image_paths_from_dir(directory: str, raw_ids: Sequence[str]) -> np.ndarray:
                   dtype=object)
 
 
+def with_image_dir(item_table, image_dir: Optional[str]):
+  """The ItemTable with its image paths taken from `image_dir` (a folder of
+  `<raw item id>.jpg|jpeg|png`; items without a file get none); unchanged for None."""
+  if not image_dir:
+    return item_table
+  return dataclasses.replace(item_table, images=None,
+                             image_paths=image_paths_from_dir(image_dir, item_table.raw_ids))
+
+
 def skipped_summary(report: dict, limit: Optional[int] = 3) -> str:
   """A one-line summary of a load report, e.g. for logs."""
   first = "; ".join(f"{s['item']}: {s['reason']}" for s in report["skipped"][:limit])

@@ -33,13 +33,14 @@ LOAD_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite2": 260, "features": 
 
 
 def fingerprint(dataset: DatasetConfig, encoder: str, image_size: int,
-                features_path: Optional[str] = None) -> str:
+                features_path: Optional[str] = None, image_dir: Optional[str] = None) -> str:
   """Hash of what determines the features (not the batch size or progress)."""
   content = None
   if features_path:
     with open(features_path, "rb") as f:
       content = hashlib.sha256(f.read()).hexdigest()
-  blob = json.dumps([dataclasses.asdict(dataset), encoder, int(image_size), content],
+  blob = json.dumps([dataclasses.asdict(dataset), encoder, int(image_size), content,
+                     os.path.abspath(image_dir) if image_dir else None],
                     sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -47,7 +48,7 @@ def fingerprint(dataset: DatasetConfig, encoder: str, image_size: int,
 def encode_images(output_path: str, dataset: DatasetConfig = DatasetConfig(),
                   encoder: str = "efficientnet_lite0", image_size: Optional[int] = None,
                   features_path: Optional[str] = None, batch_size: int = 64,
-                  progress: bool = True) -> str:
+                  image_dir: Optional[str] = None, progress: bool = True) -> str:
   """Encodes every item's image; skipped when `output_path` holds this configuration's result.
 
   Args:
@@ -58,6 +59,8 @@ def encode_images(output_path: str, dataset: DatasetConfig = DatasetConfig(),
     image_size: host load size; default: the encoder's resolution.
     features_path: the precomputed features for encoder "features".
     batch_size: images per forward pass (does not change the result).
+    image_dir: read the images from this folder of `<raw item id>.jpg|jpeg|png`
+      instead of the dataset's own (any dataset).
     progress: progress bars and prints.
 
   Returns:
@@ -75,7 +78,7 @@ def encode_images(output_path: str, dataset: DatasetConfig = DatasetConfig(),
                     path="encode_images.features_path",
                     fix="bind features_path to a [num_items, d] .npy (row r = item r + 1).")
   size = int(image_size or LOAD_SIZES[encoder] or 64)
-  fp = fingerprint(dataset, encoder, size, features_path)
+  fp = fingerprint(dataset, encoder, size, features_path, image_dir)
   if item_job.is_up_to_date(output_path, fp):
     if progress:
       print(f"image features for this configuration exist: {output_path} (skipped)")
@@ -90,7 +93,8 @@ def encode_images(output_path: str, dataset: DatasetConfig = DatasetConfig(),
     meta = {"encoder": "features", "dim": int(features.shape[1]),
             "zero_rows": int((~features.any(axis=1)).sum())}
   else:
-    item_images = image_io.load_item_images(data.item_table, size, progress=progress)
+    table = image_io.with_image_dir(data.item_table, image_dir)
+    item_images = image_io.load_item_images(table, size, progress=progress)
     report = item_images.report
     if not item_images.has_image.any():
       raise DataError(f"none of the {data.num_items:,} items of dataset {dataset.name!r} has a "

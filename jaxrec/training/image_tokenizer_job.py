@@ -63,10 +63,16 @@ def fingerprint(dataset: DatasetConfig, *configs) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load_images(dataset: DatasetConfig, size: int, progress: bool = True):
-  """(SequentialDataset, ItemImages [N + 1, size, size, 3]) of a dataset's items."""
+def load_images(dataset: DatasetConfig, size: int, progress: bool = True,
+                image_dir: Optional[str] = None):
+  """(SequentialDataset, ItemImages [N + 1, size, size, 3]) of a dataset's items.
+
+  image_dir: a folder of `<raw item id>.jpg|jpeg|png` to read instead of the dataset's
+  own images (any dataset, e.g. your photos of the Beauty items).
+  """
   data = dataset.load()
-  images = image_io.load_item_images(data.item_table, size, progress=progress)
+  table = image_io.with_image_dir(data.item_table, image_dir)
+  images = image_io.load_item_images(table, size, progress=progress)
   if not images.has_image[1:].any():
     raise DataError(f"none of the {data.num_items:,} items of dataset {dataset.name!r} has a "
                     f"readable image", path="DatasetConfig.name",
@@ -118,6 +124,7 @@ def build_image_semantic_ids(workdir: str, dataset: DatasetConfig = DatasetConfi
                              train_config: dino_rq.DinoRqTrainConfig = dino_rq.DinoRqTrainConfig(),
                              job: ImageIdsJobConfig = ImageIdsJobConfig(),
                              image_size: Optional[int] = None,
+                             image_dir: Optional[str] = None,
                              progress: bool = True) -> dict:
   """Fits DINO-RQ on the item images and writes the image semantic IDs and their stats.
 
@@ -129,6 +136,8 @@ def build_image_semantic_ids(workdir: str, dataset: DatasetConfig = DatasetConfi
     train_config: its optimization.
     job: collision strategy, checkpointing, item cap.
     image_size: host load size; default: the global crop size.
+    image_dir: read the images from this folder of `<raw item id>.jpg|jpeg|png`
+      instead of the dataset's own (part of the fingerprint).
     progress: progress bars and prints.
 
   Returns:
@@ -144,13 +153,15 @@ def build_image_semantic_ids(workdir: str, dataset: DatasetConfig = DatasetConfi
   ids_path = os.path.join(workdir, "semantic_ids.npy")
   emb_path = os.path.join(workdir, "image_embeddings.npy")
   fp = fingerprint(dataset, model_config, train_config, job) + f"-{size}"
+  if image_dir:
+    fp += "-" + hashlib.sha256(os.path.abspath(image_dir).encode()).hexdigest()[:8]
   old = files.read_json(stats_path)
   if old and old.get("fingerprint") == fp and os.path.isfile(ids_path):
     if progress:
       print(f"image semantic IDs for this configuration exist: {ids_path} (skipped)")
     return old
   started = time.perf_counter()
-  data, item_images = load_images(dataset, size, progress)
+  data, item_images = load_images(dataset, size, progress, image_dir)
   loaded = time.perf_counter()
   all_images = item_images.images[1:]
   fit_rows = np.flatnonzero(item_images.has_image[1:])

@@ -54,3 +54,24 @@ def test_bad_input_names_the_binding_and_writes_nothing(tmp_path):
     image_job.encode_images(out, TINY, encoder="features", features_path=str(wrong),
                             progress=False)
   assert not os.path.exists(out) and not os.path.exists(tmp_path / "f.json")
+
+
+def test_image_dir_replaces_the_dataset_images_and_counts_skips(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  raw = TINY.load().item_table.raw_ids
+  folder = tmp_path / "photos"
+  folder.mkdir()
+  for r in raw[1:4]:
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(folder / f"{r}.png")
+  (folder / f"{raw[4]}.jpg").write_bytes(b"not an image")
+  out = str(tmp_path / "f.npy")
+  image_job.encode_images(out, TINY, encoder="efficientnet_lite0", image_size=32,
+                          image_dir=str(folder), progress=False)
+  x = np.load(out)
+  assert (np.abs(x[:3]).sum(1) > 0).all() and not x[3:].any()  # Zero rows: no image.
+  report = json.load(open(tmp_path / "f.json"))["image_report"]
+  assert report["with_image"] == 3 and report["num_skipped"] == 1
+  assert report["missing"] == 12 - 4
+  with pytest.raises(DataError, match="image folder not found"):
+    image_job.encode_images(str(tmp_path / "g.npy"), TINY, encoder="efficientnet_lite0",
+                            image_dir=str(tmp_path / "nowhere"), progress=False)
