@@ -29,6 +29,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import numpy as np
 
 from jaxrec import configs
@@ -147,6 +148,7 @@ def markdown(results: list) -> str:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint save at INFO.
   os.makedirs(_WORKDIR.value, exist_ok=True)
   results = []
   for name in _DATASETS.value:
