@@ -37,7 +37,6 @@ from jaxrec.encoders import item_job
 from jaxrec.quantizers import agreement
 from jaxrec.quantizers import dino_rq
 from jaxrec.quantizers import semantic_ids
-from jaxrec.training import checkpoints
 from jaxrec.training import tokenizer_job
 
 
@@ -96,26 +95,14 @@ def attribute_agreement(codes: np.ndarray, attributes: dict, seed: int = 0) -> d
 
 def _fit(images, model_config, train_config, job, workdir, fp, progress):
   """DINO-RQ with Orbax checkpoints every job.checkpoint_every steps; resumes from the latest."""
-  ckpt_dir = os.path.join(workdir, "dino_rq_checkpoints")
-  with checkpoints.Checkpointer(ckpt_dir, fp, max_to_keep=2,
-                                save_interval_steps=job.checkpoint_every) as ckpt:
-    start_state = None
-    if ckpt.latest_step() is not None:
-      target = jax.eval_shape(lambda: dino_rq.init_dino_rq_state(images, model_config,
-                                                                 train_config))
-      start_state, _ = ckpt.restore(target)
-      if progress:
-        print(f"resuming DINO-RQ training from step {int(start_state.step)} ({ckpt_dir})")
-
-    def on_step(step, state, metrics):
-      del metrics
-      ckpt.save(step, state)
-
-    state, history = dino_rq.fit_dino_rq(images, model_config, train_config,
-                                         start_state=start_state, on_step=on_step,
-                                         progress=progress, compute_codes=False)
-    if ckpt.latest_step() != int(state.step):
-      ckpt.save(int(state.step), state, force=True)
+  state, history = tokenizer_job.fit_resumably(
+      os.path.join(workdir, "dino_rq_checkpoints"), fp, job.checkpoint_every,
+      lambda: jax.eval_shape(lambda: dino_rq.init_dino_rq_state(images, model_config,
+                                                                train_config)),
+      lambda start, on_step: dino_rq.fit_dino_rq(images, model_config, train_config,
+                                                 start_state=start, on_step=on_step,
+                                                 progress=progress, compute_codes=False),
+      "DINO-RQ", progress)
   return state, history.metrics
 
 

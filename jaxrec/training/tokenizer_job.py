@@ -84,27 +84,41 @@ def fingerprint(embeddings_path: str, *configs) -> str:
   return h.hexdigest()[:16]
 
 
-def _fit_rqvae(x, model_config, train_config, job, workdir, fp, progress):
-  """Trains with Orbax checkpoints every job.checkpoint_every steps; resumes from the latest."""
-  ckpt_dir = os.path.join(workdir, "tokenizer_checkpoints")
+def fit_resumably(ckpt_dir: str, fp: str, checkpoint_every: int, restore_target, fit,
+                  name: str, progress: bool):
+  """Runs `fit(start_state, on_step) -> (state, history)` with Orbax checkpoints.
+
+  A checkpoint every `checkpoint_every` steps (and at the end) in `ckpt_dir`; when one
+  exists the fit resumes from the latest (restored into `restore_target()`, a state or
+  its shapes). A checkpoint of another fingerprint is refused (checkpoints.Checkpointer).
+  """
   with checkpoints.Checkpointer(ckpt_dir, fp, max_to_keep=2,
-                                save_interval_steps=job.checkpoint_every) as ckpt:
+                                save_interval_steps=checkpoint_every) as ckpt:
     start_state = None
     if ckpt.latest_step() is not None:
-      target = qtraining.init_rqvae_state(x, model_config, train_config)
-      start_state, _ = ckpt.restore(target)
+      start_state, _ = ckpt.restore(restore_target())
       if progress:
-        print(f"resuming RQ-VAE training from step {int(start_state.step)} ({ckpt_dir})")
+        print(f"resuming {name} training from step {int(start_state.step)} ({ckpt_dir})")
 
     def on_step(step, state, metrics):
       del metrics
       ckpt.save(step, state)
 
-    state, history = qtraining.fit_rqvae(x, model_config, train_config,
-                                         start_state=start_state, on_step=on_step,
-                                         progress=progress)
+    state, history = fit(start_state, on_step)
     if ckpt.latest_step() != int(state.step):
       ckpt.save(int(state.step), state, force=True)
+  return state, history
+
+
+def _fit_rqvae(x, model_config, train_config, job, workdir, fp, progress):
+  """Trains with Orbax checkpoints every job.checkpoint_every steps; resumes from the latest."""
+  _, history = fit_resumably(
+      os.path.join(workdir, "tokenizer_checkpoints"), fp, job.checkpoint_every,
+      lambda: qtraining.init_rqvae_state(x, model_config, train_config),
+      lambda start, on_step: qtraining.fit_rqvae(x, model_config, train_config,
+                                                 start_state=start, on_step=on_step,
+                                                 progress=progress),
+      "RQ-VAE", progress)
   return history.tokens, history.metrics
 
 
