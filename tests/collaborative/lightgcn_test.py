@@ -273,7 +273,9 @@ def test_gin_job_trains_evaluates_and_exports(tmp_path):
   assert meta["num_items"] == 60 and meta["dim"] == 16 and meta["rows"] == "row r is item id r + 1"
   # Row r is item r + 1: the exported rows score users exactly like the recommender.
   config = lightgcn.LightGcnConfig(embed_dim=16)
-  train = lightgcn_job.LightGcnTrainConfig(num_epochs=2, batch_size=256, eval_every=1)
+  train = lightgcn_job.LightGcnTrainConfig(  # lightgcn.gin's Adam lr is 5e-3.
+      num_epochs=2, batch_size=256, eval_every=1,
+      optimizer=dataclasses.replace(lightgcn_job.ADAM, learning_rate=5e-3))
   s = lightgcn_job.setup(TINY, config, train)
   params, _ = lightgcn_job.restore_params(s, workdir, "best")
   users, items = lightgcn_job.final_embeddings(s, params)

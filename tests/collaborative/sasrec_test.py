@@ -242,7 +242,8 @@ def test_gin_file_selects_the_job():
     job = configs.selected_job()
     assert "run_sasrec" in getattr(job, "__name__", repr(job))
     bound = configs.bound_arguments(sasrec_job.run_sasrec)
-    assert bound["model_config"] == sasrec.SasRecConfig()
+    # The paper's sparse-data dropout (0.5); the rest are SasRecConfig's defaults.
+    assert bound["model_config"] == sasrec.SasRecConfig(dropout=0.5)
     assert bound["trainer_config"].max_history == bound["model_config"].max_len == 50
     assert bound["trainer_config"].optimizer.learning_rate == 1e-3
     assert bound["dataset"].options["num_items"] == 60
