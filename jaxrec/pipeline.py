@@ -198,5 +198,7 @@ def results_table(results: dict, dataset_name: str, eval_config: EvalConfig,
 
 
 def _cell(s: dict) -> str:
+  if s.get("mean") is None:  # An empty slice (e.g. no cold-start users).
+    return "n/a (no users)"
   return f"{s['mean']:.4f} ({s['ci_low']:.4f}-{s['ci_high']:.4f})"
 

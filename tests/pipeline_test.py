@@ -85,3 +85,14 @@ def test_bad_gin_file_and_missing_binding_are_named(tmp_path):
     configs.parse(["gin_configs/runs/no_such.gin"])
   with pytest.raises(configs.ConfigError, match="WORKDIR"):
     configs.parse(["gin_configs/runs/baselines.gin"])
+
+
+def test_results_table_shows_an_empty_cold_start_slice():
+  """No cold-start users: the bootstrap mean is None; the table says so instead of crashing."""
+  stat = {"mean": 0.25, "ci_low": 0.2, "ci_high": 0.3, "n": 10}
+  empty = {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
+  metrics = {"overall": {f"{m}@{k}": stat for m in ("recall", "ndcg") for k in (5, 10, 20)},
+             "cold_start": {"recall@10": empty}}
+  table = pipeline.results_table({"pop": {"test": {"metrics": metrics}}}, "tiny",
+                                 pipeline.EvalConfig())
+  assert "| pop | 0.2500 (0.2000-0.3000)" in table and "n/a (no users)" in table

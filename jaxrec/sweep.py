@@ -1,0 +1,589 @@
+"""Sweeps: many `tools/run.py` jobs, each in its own subprocess, and one table of their metrics.
+
+A sweep is a list of runs (a name, gin files, gin bindings, optionally seeds). Every
+run (and seed) executes `python tools/run.py --gin_file=... --gin.NAME=VALUE ...
+--workdir=<sweep_dir>/<name>[/seed_<s>]` in a subprocess, so gin state and crashes
+stay in it; its output goes to `<run dir>/log.txt`. After a success the run writes
+`<run dir>/sweep_done.json` (atomically; it holds the command), and a later sweep
+skips a run whose marker holds the same command; a changed command is run again
+(and said so). The jobs themselves skip what is already up to date in their
+workdir. A failed run is reported (exit code, last log lines), not fatal.
+
+Then every `{valid,test}_metrics.json` under each run folder (`superseded/` stage
+folders excluded) becomes one record per (run, model, seed, split), and the
+records of one (run, model) are aggregated over seeds: the mean of the per-seed
+means with a t-interval over seeds, or, with one seed, the run's bootstrap CI.
+`write_reports` writes `sweep_results.{md,csv,png}` atomically. In code:
+
+  runs = with_common(read_spec(path), gin_files, bindings)   # or runs_from_gin_files(globs)
+  results = run_all(plan(runs, sweep_dir), max_parallel=2)
+  write_reports(sweep_dir, collect(results), metrics=("recall@10", "ndcg@10"))
+
+Spec format (a text file, e.g. gin_configs/sweeps/baselines_smoke.txt), one run per line:
+
+  # comment (a '#' outside quotes starts one)
+  NAME: FILE.gin [FILE.gin ...] [--gin.BINDING=VALUE ...] [--seeds=0,1] [--seed_binding=B]
+  --gin_file=FILE.gin --gin.BINDING=VALUE --seeds=0,1,2 --seed_binding=BINDING
+
+A line starting with `--` holds options shared by every run of the file (wherever
+it stands). Gin files of a run come first, then the shared ones, then the command
+line's (later files override earlier ones); bindings: the shared ones, then the
+run's, then the command line's (later bindings win; bindings beat files). VALUEs are
+gin literals written as in a gin file (`--gin.DatasetConfig.name="beauty"`); spaces
+are allowed inside quotes and brackets (`--gin.EvalConfig.ks=(1, 10)`). With seeds,
+each seed is its own run folder and `--seed_binding` (comma-separated names, e.g.
+`pipeline.evaluate_baselines.seed` or a macro `SEED`) receives it. A line ending in
+a backslash continues on the next.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import glob
+import math
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tqdm
+
+from jaxrec import files
+from jaxrec.data.errors import DataError
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+RUN_TOOL = REPO_ROOT / "tools" / "run.py"
+MARKER = "sweep_done.json"
+LOG = "log.txt"
+DEFAULT_METRICS = ("recall@10", "ndcg@10")
+SPLITS = ("test", "valid")
+STATUSES = ("failed", "redone", "ran", "skipped")  # Worst first.
+REPORT_NAMES = ("sweep_results.md", "sweep_results.csv", "sweep_results.png")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+_RUN_LINE = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9_.\-]*)\s*:(.*)\Z", re.S)
+_SPEC_FIX = ("write `NAME: FILE.gin ... --gin.BINDING=VALUE` (see the header of "
+             "gin_configs/sweeps/baselines_smoke.txt).")
+
+
+class SpecError(DataError):
+  """A sweep spec (file, line or flag) is wrong; the message says where and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One run of a sweep.
+
+  Attributes:
+    name: the run folder's name (letters, digits, `_.-`).
+    gin_files: in order; later ones override earlier ones.
+    bindings: "NAME=VALUE" with VALUE a gin literal, in order (later ones win).
+    seeds: one run folder per seed (`seed_<s>`); () = one run, no seed binding.
+    seed_bindings: the bindings (or macros) that receive the seed.
+  """
+  name: str
+  gin_files: Tuple[str, ...] = ()
+  bindings: Tuple[str, ...] = ()
+  seeds: Tuple[int, ...] = ()
+  seed_bindings: Tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+  """One subprocess: `python tools/run.py *args` with args ending in --workdir=run_dir."""
+  name: str
+  seed: Optional[int]
+  run_dir: str
+  args: Tuple[str, ...]
+
+  @property
+  def command(self) -> List[str]:
+    return [sys.executable, str(RUN_TOOL), *self.args]
+
+  @property
+  def label(self) -> str:
+    return self.name if self.seed is None else f"{self.name}/seed_{self.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+  """How a planned run went.
+
+  status: "ran", "redone" (ran again: its command changed since it finished; the
+  note says how), "skipped" (finished before with the same command) or "failed"
+  (returncode None: timed out; error: the log's last lines).
+  """
+  run: PlannedRun
+  status: str
+  seconds: Optional[float] = None
+  returncode: Optional[int] = None
+  error: str = ""
+  note: str = ""
+
+
+# ---------------------------------------------------------------------------- spec
+
+
+def split_line(line: str, where: str = "<spec>") -> List[str]:
+  """Splits a spec line at whitespace outside quotes and brackets; drops a # comment.
+
+  Quotes are kept (a binding's value is a gin literal); a token that is quoted as
+  a whole (a file name with spaces) is unquoted by `parse_tokens`.
+  """
+  tokens, current, quote, depth, escaped = [], "", None, 0, False
+  for c in line:
+    if quote:
+      quote = None if c == quote and not escaped else quote
+      escaped = c == "\\" and not escaped
+    elif c == "#":
+      break
+    elif c.isspace() and depth <= 0:
+      tokens, current = tokens + [current] * bool(current), ""
+      continue
+    else:
+      quote = c if c in "'\"" else None
+      depth += (c in "([{") - (c in ")]}")
+    current += c
+  if quote or depth > 0:
+    raise SpecError(f"unclosed {'quote' if quote else 'bracket'} in {line.strip()!r}",
+                    path=where, fix="close it; values are gin literals, e.g. "
+                    "--gin.X=\"a b\" or --gin.pipeline.EvalConfig.ks=(1, 10).")
+  return tokens + [current] * bool(current)
+
+
+def parse_binding(text: str, where: str = "<spec>") -> str:
+  """"NAME=VALUE" or "NAME = VALUE" -> "NAME=VALUE" (VALUE kept as written)."""
+  name, eq, value = text.partition("=")
+  name, value = name.strip(), value.strip()
+  if not eq or not name or not value or " " in name:
+    raise SpecError(f"bad binding {text!r}", path=where,
+                    fix="write --gin.NAME=VALUE, e.g. --gin.pipeline.EvalConfig.num_bootstrap=10.")
+  return f"{name}={value}"
+
+
+def parse_seeds(text: str, where: str = "<spec>") -> Tuple[int, ...]:
+  """"0,1,2" -> (0, 1, 2)."""
+  try:
+    seeds = tuple(int(s) for s in text.split(",") if s.strip())
+  except ValueError:
+    raise SpecError(f"bad seeds {text!r}", path=where,
+                    fix="write integers separated by commas, e.g. --seeds=0,1,2.") from None
+  if len(set(seeds)) != len(seeds):
+    raise SpecError(f"repeated seed in {text!r}", path=where, fix="list each seed once.")
+  return seeds
+
+
+def parse_seed_bindings(text: str, where: str = "<spec>") -> Tuple[str, ...]:
+  """"A,B" -> ("A", "B"): the bindings (or macros) that receive a run's seed."""
+  names = tuple(n.strip() for n in text.split(",") if n.strip())
+  if not names or not all(re.fullmatch(r"[A-Za-z_][\w.]*(/[\w.]+)*", n) for n in names):
+    raise SpecError(f"bad seed binding {text!r}", path=where,
+                    fix="name bindings or macros, e.g. "
+                        "--seed_binding=pipeline.evaluate_baselines.seed or --seed_binding=SEED.")
+  return names
+
+
+def parse_tokens(tokens: Sequence[str], where: str = "<spec>") -> dict:
+  """A run's (or the shared) tokens -> {gin_files, bindings, seeds, seed_bindings}.
+
+  seeds / seed_bindings are None when the tokens do not set them.
+  """
+  out = dict(gin_files=[], bindings=[], seeds=None, seed_bindings=None)
+  for token in tokens:
+    if token.startswith("--gin."):
+      out["bindings"].append(parse_binding(token[len("--gin."):], where))
+    elif token.startswith("--gin_file="):
+      out["gin_files"].append(_unquote(token[len("--gin_file="):]))
+    elif token.startswith("--seeds="):
+      out["seeds"] = parse_seeds(token[len("--seeds="):], where)
+    elif token.startswith("--seed_binding="):
+      out["seed_bindings"] = parse_seed_bindings(token[len("--seed_binding="):], where)
+    elif token.startswith("-"):
+      raise SpecError(f"unknown option {token!r}", path=where,
+                      fix="use --gin.NAME=VALUE, --gin_file=F, --seeds=0,1 or "
+                          "--seed_binding=NAME; gin files need no option.")
+    else:
+      out["gin_files"].append(_unquote(token))
+  return out
+
+
+def _unquote(token: str) -> str:
+  if len(token) >= 2 and token[0] == token[-1] and token[0] in "'\"":
+    return shlex.split(token)[0]
+  return token
+
+
+def parse_spec(text: str, source: str = "<spec>") -> List[RunSpec]:
+  """Parses a sweep spec (format: this module's docstring) into its runs.
+
+  Args:
+    text: the spec.
+    source: its file name, for error messages.
+
+  Returns:
+    The runs in file order, with the shared options applied.
+
+  Raises:
+    SpecError: a malformed line (named by file:line), a repeated name, no runs.
+  """
+  runs, shared, lines = [], [], _logical_lines(text)
+  for number, line in lines:
+    where = f"{source}:{number}"
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+      continue
+    if stripped.startswith("--"):
+      shared.append(parse_tokens(split_line(stripped, where), where))
+      continue
+    match = _RUN_LINE.match(line)
+    if not match:
+      raise SpecError(f"cannot read {stripped!r}", path=source, line=number, fix=_SPEC_FIX)
+    parsed = parse_tokens(split_line(match.group(2), where), where)
+    runs.append((where, match.group(1), parsed))
+  if not runs:
+    raise SpecError("the spec names no runs", path=source, fix=_SPEC_FIX)
+  common = dict(gin_files=[], bindings=[], seeds=None, seed_bindings=None)
+  for parsed in shared:
+    common["gin_files"] += parsed["gin_files"]
+    common["bindings"] += parsed["bindings"]
+    common["seeds"] = _first(parsed["seeds"], common["seeds"])
+    common["seed_bindings"] = _first(parsed["seed_bindings"], common["seed_bindings"])
+  out = []
+  for where, name, parsed in runs:
+    if not parsed["gin_files"] + common["gin_files"]:
+      raise SpecError(f"run {name!r} has no gin file", path=where,
+                      fix="name its job's gin file, e.g. gin_configs/runs/baselines.gin.")
+    out.append(RunSpec(
+        name=name, gin_files=tuple(parsed["gin_files"] + common["gin_files"]),
+        bindings=tuple(common["bindings"] + parsed["bindings"]),
+        seeds=_first(parsed["seeds"], common["seeds"], ()),
+        seed_bindings=_first(parsed["seed_bindings"], common["seed_bindings"], ())))
+  check_runs(out, source)
+  return out
+
+
+def _first(*values):
+  return next((v for v in values if v is not None), None)
+
+
+def _logical_lines(text: str) -> List[Tuple[int, str]]:
+  """(1-based number of the first line, text), joining lines that end in a backslash.
+
+  A comment line never continues (a backslash that ends it is part of the comment).
+  """
+  out, pending, start = [], [], None
+  for number, line in enumerate(text.splitlines(), 1):
+    start = number if start is None else start
+    if line.rstrip().endswith("\\") and not line.lstrip().startswith("#"):
+      pending.append(line.rstrip()[:-1])
+      continue
+    out.append((start, " ".join(pending + [line])))
+    pending, start = [], None
+  if pending:
+    out.append((start, " ".join(pending)))
+  return out
+
+
+def read_spec(path: str) -> List[RunSpec]:
+  """`parse_spec` of a file."""
+  if not os.path.isfile(path):
+    raise SpecError("sweep spec not found", path=path,
+                    fix="pass an existing file, e.g. "
+                        "--spec=gin_configs/sweeps/baselines_smoke.txt.")
+  with open(path) as f:
+    return parse_spec(f.read(), source=path)
+
+
+def runs_from_gin_files(patterns: Sequence[str]) -> List[RunSpec]:
+  """One run per gin file (glob patterns expanded, sorted), named by the file's stem."""
+  out = []
+  for pattern in patterns:
+    paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    if not paths or not all(os.path.isfile(p) for p in paths):
+      raise SpecError(f"no gin file matches {pattern!r}", path="--runs",
+                      fix="pass existing gin files or a glob such as "
+                          "'gin_configs/ablations/cemg/*.gin'.")
+    out += [RunSpec(name=pathlib.Path(p).stem, gin_files=(p,)) for p in paths]
+  return out
+
+
+def with_common(runs: Sequence[RunSpec], gin_files: Sequence[str] = (),
+                bindings: Sequence[str] = (), seeds: Optional[Sequence[int]] = None,
+                seed_bindings: Optional[Sequence[str]] = None) -> List[RunSpec]:
+  """Appends gin files and bindings to every run; seeds / seed_bindings, if given, replace theirs.
+  """
+  bindings = tuple(parse_binding(b, "--gin") for b in bindings)
+  return [dataclasses.replace(
+      r, gin_files=r.gin_files + tuple(gin_files), bindings=r.bindings + bindings,
+      seeds=r.seeds if seeds is None else tuple(seeds),
+      seed_bindings=r.seed_bindings if seed_bindings is None else tuple(seed_bindings))
+          for r in runs]
+
+
+def check_runs(runs: Sequence[RunSpec], source: Optional[str] = None) -> None:
+  """Raises SpecError for bad or repeated names and seeds without a seed binding."""
+  seen = set()
+  for r in runs:
+    if not _NAME.fullmatch(r.name):
+      raise SpecError(f"bad run name {r.name!r}", path=source,
+                      fix="use letters, digits, '_', '.' and '-' (it names the run folder).")
+    if r.name in seen:
+      raise SpecError(f"two runs are named {r.name!r}", path=source,
+                      fix="give every run its own name (with --runs, the gin files' stems).")
+    seen.add(r.name)
+    if r.seeds and not r.seed_bindings:
+      raise SpecError(f"run {r.name!r} has seeds {list(r.seeds)} but no seed binding",
+                      path=source, fix="add --seed_binding=NAME (e.g. "
+                      "pipeline.evaluate_baselines.seed, or a macro SEED the gin files use).")
+
+
+def plan(runs: Sequence[RunSpec], sweep_dir: str) -> List[PlannedRun]:
+  """The subprocesses of a sweep: one per run and seed, in order."""
+  check_runs(runs)
+  sweep_dir = os.path.abspath(sweep_dir)
+  out = []
+  for r in runs:
+    for seed in r.seeds or (None,):
+      run_dir = os.path.join(sweep_dir, r.name, *([] if seed is None else [f"seed_{seed}"]))
+      bindings = list(r.bindings) + [f"{b}={seed}" for b in r.seed_bindings if seed is not None]
+      args = ([f"--gin_file={f}" for f in r.gin_files] + [f"--gin.{b}" for b in bindings]
+              + [f"--workdir={run_dir}"])
+      out.append(PlannedRun(r.name, seed, run_dir, tuple(args)))
+  return out
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def finished_before(run: PlannedRun) -> bool:
+  """Whether the run's marker holds its command (`run_one` skips it)."""
+  marker = files.read_json(os.path.join(run.run_dir, MARKER))
+  return bool(marker) and marker.get("args") == list(run.args)
+
+
+def run_one(run: PlannedRun, timeout: Optional[float] = None) -> RunResult:
+  """Runs one planned run unless its marker holds the same command; never raises for the job."""
+  marker_path = os.path.join(run.run_dir, MARKER)
+  marker = files.read_json(marker_path)
+  if finished_before(run):
+    return RunResult(run, "skipped", seconds=marker.get("seconds"), returncode=0,
+                     note="finished before")
+  note = ""
+  if marker:
+    old, new = marker.get("args") or [], list(run.args)
+    added, dropped = [a for a in new if a not in old], [a for a in old if a not in new]
+    changes = "; ".join([f"added {' '.join(added)}"] * bool(added)
+                        + [f"dropped {' '.join(dropped)}"] * bool(dropped)) or "reordered"
+    note = f"ran again: the command changed since it finished ({changes})"
+    os.remove(marker_path)
+  os.makedirs(run.run_dir, exist_ok=True)
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  started = time.perf_counter()
+  with open(os.path.join(run.run_dir, LOG), "w") as log:
+    log.write(f"$ {shlex.join(run.command)}\n")
+    log.flush()
+    try:
+      returncode = subprocess.run(run.command, stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, env=env, timeout=timeout,
+                                  check=False).returncode
+    except subprocess.TimeoutExpired:
+      returncode = None
+  seconds = time.perf_counter() - started
+  if returncode == 0:
+    files.write_json(marker_path, {
+        "command": shlex.join(run.command), "args": list(run.args), "cwd": os.getcwd(),
+        "seconds": round(seconds, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return RunResult(run, "redone" if note else "ran", seconds=seconds, returncode=0, note=note)
+  error = (f"timed out after {timeout:g} s" if returncode is None
+           else log_tail(os.path.join(run.run_dir, LOG)))
+  return RunResult(run, "failed", seconds=seconds, returncode=returncode, error=error, note=note)
+
+
+def log_tail(path: str, lines: int = 8) -> str:
+  """The last non-empty lines of a log (progress-bar redraws split at carriage returns)."""
+  try:
+    with open(path, errors="replace") as f:
+      text = f.read()
+  except OSError:
+    return ""
+  kept = [line.rstrip() for line in re.split(r"[\r\n]+", text) if line.strip()]
+  return "\n".join(kept[-lines:])
+
+
+def run_all(runs: Sequence[PlannedRun], max_parallel: int = 1, timeout: Optional[float] = None,
+            progress: bool = True, verbose: bool = True) -> List[RunResult]:
+  """Runs the planned runs, `max_parallel` at a time; results in plan order.
+
+  Args:
+    runs: from `plan`.
+    max_parallel: subprocesses at a time.
+    timeout: seconds after which a run is killed and failed (None: no limit).
+    progress: a tqdm bar over the runs.
+    verbose: a line per finished run (`describe`: skipped, redone and why, failed and why).
+  """
+  results: Dict[int, RunResult] = {}
+  with tqdm.tqdm(total=len(runs), desc="sweep", unit="run", disable=not progress) as bar:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, max_parallel))
+    try:
+      futures = {pool.submit(run_one, r, timeout): i for i, r in enumerate(runs)}
+      for future in concurrent.futures.as_completed(futures):
+        result = results[futures[future]] = future.result()
+        bar.update(1)
+        if verbose:
+          tqdm.tqdm.write(describe(result))
+    finally:
+      pool.shutdown(wait=True, cancel_futures=True)
+  return [results[i] for i in range(len(runs))]
+
+
+def describe(result: RunResult) -> str:
+  """One line about a finished run."""
+  seconds = "" if result.seconds is None else f" {result.seconds:.1f}s"
+  if result.status == "failed":
+    return (f"[FAILED] {result.run.label}: {_exit(result)}{seconds}: {error_line(result.error)} "
+            f"(log: {os.path.join(result.run.run_dir, LOG)})")
+  note = f" ({result.note})" if result.note else ""
+  return f"[{result.status}] {result.run.label}{seconds}{note}"
+
+
+def _exit(result: RunResult) -> str:
+  return "timed out" if result.returncode is None else f"exit {result.returncode}"
+
+
+def error_line(error: str, width: int = 240) -> str:
+  """The line of a log tail that says what went wrong: its last exception line, else its last."""
+  lines = error.splitlines() or [""]
+  line = next((l for l in reversed(lines) if re.match(r"[\w.]*(Error|Exception|Exit)\b", l)),
+              lines[-1])
+  return line if len(line) <= width else line[:width - 3] + "..."
+
+
+# ---------------------------------------------------------------------------- collecting
+
+
+def collect(results: Sequence[RunResult]) -> List[dict]:
+  """The metrics JSONs under each run folder: one record per (run, model, seed, split).
+
+  A record: run, seed, model, split, dataset, path, metrics (the JSON's "metrics":
+  {slice: {name: {mean, ci_low, ci_high, n}}}), status, seconds, returncode, error,
+  run_dir. A run without metrics files gives one record with model/split None.
+  `superseded/` folders (older stage configurations) and the folders of other runs
+  below a run's (a folder with a log.txt or sweep_done.json) are skipped.
+  """
+  records = []
+  for result in results:
+    run = result.run
+    base = dict(run=run.name, seed=run.seed, status=result.status, seconds=result.seconds,
+                returncode=result.returncode, error=result.error, run_dir=run.run_dir)
+    found = []
+    for split in SPLITS:
+      for path in sorted(glob.glob(os.path.join(run.run_dir, "**", f"{split}_metrics.json"),
+                                   recursive=True)):
+        rel = pathlib.Path(os.path.relpath(path, run.run_dir))
+        if "superseded" in rel.parts or _in_other_run(run.run_dir, rel):
+          continue
+        data = files.read_json(path)
+        if not isinstance(data, dict):
+          continue
+        folder = rel.parent.parts[:-1] if rel.parent.name == "eval" else rel.parent.parts
+        found.append(dict(base, model=data.get("model") or "/".join(folder) or run.name,
+                          folder="/".join(rel.parent.parts), split=data.get("split", split),
+                          dataset=data.get("dataset"), path=path,
+                          metrics=data.get("metrics") or {}))
+    labels = [(r["model"], r["split"]) for r in found]
+    for r in found:  # Two files of one run with the same model name: tell them apart.
+      if labels.count((r["model"], r["split"])) > 1:
+        r["model"] = f"{r['model']} ({r['folder']})"
+    records += found or [dict(base, model=None, split=None, dataset=None, path=None,
+                              metrics={})]
+  return records
+
+
+def _in_other_run(run_dir: str, rel: pathlib.Path) -> bool:
+  """Whether a folder between run_dir and the file is another run's (NAME/seed_0 below NAME)."""
+  parts = rel.parent.parts
+  return any(os.path.exists(os.path.join(run_dir, *parts[:k], name))
+             for k in range(1, len(parts) + 1) for name in (MARKER, LOG))
+
+
+def metric_value(metrics: dict, name: str) -> Optional[dict]:
+  """{mean, ci_low, ci_high, n} of "recall@10" (overall) or "cold_start/recall@10", or None."""
+  slice_name, _, metric = name.rpartition("/")
+  value = (metrics.get(slice_name or "overall") or {}).get(metric)
+  return value if isinstance(value, dict) and value.get("mean") is not None else None
+
+
+def seed_interval(values: Sequence[float], confidence: float = 0.95) -> Tuple[float, float, float]:
+  """(mean, low, high): the t-interval of the mean over >= 2 values."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  x = np.asarray(values, np.float64)
+  mean = float(x.mean())
+  half = float(stats.t.ppf((1 + confidence) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+  return mean, mean - half, mean + half
+
+
+def summarize(records: Sequence[dict], metrics: Sequence[str] = DEFAULT_METRICS,
+              split: str = "test", confidence: float = 0.95) -> List[dict]:
+  """One row per (run, model) of a split, aggregated over seeds, in record order.
+
+  Returns:
+    Rows: run, model, dataset, seeds, status, seconds (mean run time per seed),
+    error, and metrics {name: {mean, low, high, interval, values}}: with one seed
+    the run's bootstrap CI ("bootstrap"), with more the t-interval of the mean over
+    seeds ("t over N seeds"); per_seed: the records' rows (metrics with their CIs).
+    Runs without metrics (failed) are rows with model None.
+  """
+  groups: Dict[tuple, List[dict]] = {}
+  for r in records:
+    if r["split"] in (split, None):
+      groups.setdefault((r["run"], r["model"]), []).append(r)
+  rows = []
+  for (run, model), group in groups.items():
+    per_seed = [dict(seed=r["seed"], status=r["status"], seconds=r["seconds"],
+                     error=r["error"], returncode=r["returncode"], run_dir=r["run_dir"],
+                     metrics={m: _single(metric_value(r["metrics"], m)) for m in metrics})
+                for r in group]
+    aggregated = {}
+    for m in metrics:
+      values = [s["metrics"][m] for s in per_seed if s["metrics"][m] is not None]
+      if not values:
+        aggregated[m] = None
+      elif len(values) == 1:
+        aggregated[m] = dict(values[0], interval="bootstrap", values=[values[0]["mean"]])
+      else:
+        mean, low, high = seed_interval([v["mean"] for v in values], confidence)
+        aggregated[m] = dict(mean=mean, low=low, high=high,
+                             interval=f"t over {len(values)} seeds",
+                             values=[v["mean"] for v in values])
+    seconds = [s["seconds"] for s in per_seed if s["seconds"] is not None]
+    statuses = sorted({s["status"] for s in per_seed}, key=STATUSES.index)
+    rows.append(dict(
+        run=run, model=model, split=split, dataset=next((r["dataset"] for r in group
+                                                         if r["dataset"]), None),
+        seeds=[s["seed"] for s in per_seed if s["seed"] is not None],
+        status="/".join(statuses), seconds=float(np.mean(seconds)) if seconds else None,
+        error="\n".join(s["error"] for s in per_seed if s["error"]),
+        metrics=aggregated, per_seed=per_seed))
+  return rows
+
+
+def _single(value: Optional[dict]) -> Optional[dict]:
+  if value is None:
+    return None
+  return dict(mean=value["mean"], low=value.get("ci_low"), high=value.get("ci_high"))
+
+
+# ---------------------------------------------------------------------------- reports
+
+
+def write_reports(sweep_dir: str, records: Sequence[dict],
+                  metrics: Sequence[str] = DEFAULT_METRICS, split: str = "test",
+                  confidence: float = 0.95) -> Dict[str, str]:
+  """Writes sweep_results.{md,csv,png} (see `jaxrec.sweep_reports.write_reports`)."""
+  from jaxrec import sweep_reports  # pylint: disable=g-import-not-at-top
+  return sweep_reports.write_reports(sweep_dir, records, metrics, split, confidence)

@@ -1,0 +1,146 @@
+"""Sweep reports: the Markdown table, the CSV and the bar chart of `sweep.summarize` rows."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from typing import Dict, Optional, Sequence
+
+from jaxrec import files
+import numpy as np
+
+from jaxrec.sweep import DEFAULT_METRICS, LOG, REPORT_NAMES, SPLITS, error_line, summarize
+
+
+def write_reports(sweep_dir: str, records: Sequence[dict],
+                  metrics: Sequence[str] = DEFAULT_METRICS, split: str = "test",
+                  confidence: float = 0.95) -> Dict[str, str]:
+  """Writes sweep_results.md and .png (the split's rows) and .csv (every split), atomically.
+
+  Returns:
+    {"md", "csv", "png"} -> path.
+  """
+  rows = summarize(records, metrics, split, confidence)
+  splits = [split] + [s for s in SPLITS if s != split and any(r["split"] == s for r in records)]
+  all_rows = rows + [r for s in splits[1:] for r in summarize(records, metrics, s, confidence)
+                     if r["model"] is not None]
+  paths = {k: os.path.join(sweep_dir, name) for k, name in zip(("md", "csv", "png"),
+                                                               REPORT_NAMES)}
+  files.write_text(paths["md"], markdown(rows, metrics, split))
+  files.write_text(paths["csv"], to_csv(all_rows, metrics))
+  figure = plot(rows, metrics, split)
+  files.write_atomically(paths["png"], lambda f: figure.savefig(f, format="png", dpi=100))
+  return paths
+
+
+def _fmt(value: Optional[dict]) -> str:
+  if value is None:
+    return "-"
+  if value.get("low") is None or value.get("high") is None:
+    return f"{value['mean']:.4f}"
+  return f"{value['mean']:.4f} ({value['low']:.4f}-{value['high']:.4f})"
+
+
+def _cell(text) -> str:
+  return str(text).replace("|", "\\|").replace("\n", " / ")
+
+
+def _status(row: dict) -> str:
+  if "failed" not in row["status"]:
+    return row["status"]
+  codes = sorted({("timeout" if s["returncode"] is None else str(s["returncode"]))
+                  for s in row["per_seed"] if s["status"] == "failed"})
+  return f"FAILED (exit {','.join(codes)}): {error_line(row['error'])}"
+
+
+def markdown(rows: Sequence[dict], metrics: Sequence[str], split: str) -> str:
+  """sweep_results.md: the aggregated table, the per-seed rows of runs with seeds, failures."""
+  lines = [f"# Sweep results ({split} split)", "",
+           "Mean (95% interval): with one seed the run's bootstrap CI, with several the "
+           "t-interval of the mean over seeds. Run time: seconds per run (mean over seeds).", "",
+           "| run | model | dataset | seeds | " + " | ".join(metrics)
+           + " | run time (s) | status |",
+           "|---" * (len(metrics) + 6) + "|"]
+  for r in rows:
+    seconds = "-" if r["seconds"] is None else f"{r['seconds']:.1f}"
+    lines.append("| " + " | ".join(_cell(c) for c in (
+        r["run"], r["model"] or "-", r["dataset"] or "-", len(r["seeds"]) or 1,
+        *(_fmt(r["metrics"][m]) for m in metrics), seconds, _status(r))) + " |")
+  if any(len(r["seeds"]) > 1 for r in rows):
+    lines += ["", "## Per seed", "",
+              "| run | model | seed | " + " | ".join(metrics) + " | run time (s) | status |",
+              "|---" * (len(metrics) + 5) + "|"]
+    for r in (r for r in rows if len(r["per_seed"]) > 1):
+      for s in r["per_seed"]:
+        seconds = "-" if s["seconds"] is None else f"{s['seconds']:.1f}"
+        lines.append("| " + " | ".join(_cell(c) for c in (
+            r["run"], r["model"] or "-", "-" if s["seed"] is None else s["seed"],
+            *(_fmt(s["metrics"][m]) for m in metrics), seconds, s["status"])) + " |")
+  failed = {s["run_dir"]: (r["run"], s) for r in rows for s in r["per_seed"]
+            if s["status"] == "failed"}
+  lines += ["", "## Failed runs"] * bool(failed)
+  for run, s in failed.values():
+    code = "timed out" if s["returncode"] is None else f"exit {s['returncode']}"
+    seed = "" if s["seed"] is None else f" seed {s['seed']}"
+    lines += ["", f"`{run}`{seed}: {code}, log {os.path.join(s['run_dir'], LOG)}", "", "```",
+              s["error"], "```"]
+  return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: Sequence[dict], metrics: Sequence[str]) -> str:
+  """sweep_results.csv: a line per (run, model, split, seed); seed "mean": over several seeds."""
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator="\n")
+  writer.writerow(["run", "model", "dataset", "split", "seed", "interval"]
+                  + [f"{m}{suffix}" for m in metrics for suffix in ("", "_low", "_high")]
+                  + ["seconds", "status", "error", "run_dir"])
+
+  def values(by_metric):
+    return [("" if (v := by_metric[m]) is None or v.get(k) is None else repr(v[k]))
+            for m in metrics for k in ("mean", "low", "high")]
+
+  for r in rows:
+    split = r["split"] if r["model"] is not None else ""
+    for s in r["per_seed"]:
+      writer.writerow([r["run"], r["model"] or "", r["dataset"] or "", split,
+                       "" if s["seed"] is None else s["seed"],
+                       "bootstrap" if r["model"] else "", *values(s["metrics"]),
+                       "" if s["seconds"] is None else round(s["seconds"], 3), s["status"],
+                       s["error"], s["run_dir"]])
+    if len(r["per_seed"]) > 1:
+      interval = next((v["interval"] for v in r["metrics"].values() if v), "")
+      writer.writerow([r["run"], r["model"] or "", r["dataset"] or "", split, "mean",
+                       interval, *values(r["metrics"]),
+                       "" if r["seconds"] is None else round(r["seconds"], 3), r["status"],
+                       r["error"], ""])
+  return out.getvalue()
+
+
+def plot(rows: Sequence[dict], metrics: Sequence[str], split: str):
+  """A matplotlib Figure (Agg): per metric a horizontal bar per (run, model) with its interval."""
+  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
+  from matplotlib import figure as figure_lib  # pylint: disable=g-import-not-at-top
+  rows = [r for r in rows if r["model"] is not None]
+  labels = [f"{r['run']} / {r['model']}" + (f" ({len(r['seeds'])} seeds)" if len(r["seeds"]) > 1
+                                             else "") for r in rows]
+  fig = figure_lib.Figure(figsize=(2.5 + 4 * len(metrics), 1.2 + 0.3 * max(len(rows), 1)))
+  backend_agg.FigureCanvasAgg(fig)
+  axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+  y = np.arange(len(rows))
+  for ax, m in zip(axes, metrics):
+    values = [r["metrics"][m] for r in rows]
+    means = np.array([v["mean"] if v else 0.0 for v in values])
+    err = np.array([[max(0.0, v["mean"] - v["low"]) if v and v.get("low") is not None else 0.0,
+                     max(0.0, v["high"] - v["mean"]) if v and v.get("high") is not None else 0.0]
+                    for v in values]).reshape(-1, 2).T
+    ax.barh(y, means, xerr=err, capsize=3, color="tab:blue", alpha=0.8)
+    ax.set_title(f"{m} ({split})")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlim(left=0)
+  axes[0].set_yticks(y, labels)
+  axes[0].invert_yaxis()
+  if not rows:
+    axes[0].text(0.5, 0.5, "no metrics", ha="center", transform=axes[0].transAxes)
+  fig.tight_layout()
+  return fig

@@ -1,0 +1,273 @@
+"""tools/sweep.py and jaxrec/sweep.py: spec parsing, a real two-run sweep of the baselines
+job on the tiny synthetic catalog (reports, skipped on a rerun, redone when its command
+changes), a failing run that is reported and does not stop the other one, and the
+aggregation over seeds on hand-made metrics JSONs (known answers, no subprocess)."""
+
+import csv
+import importlib.util
+import io
+import json
+import os
+import pathlib
+
+from absl import flags
+import pytest
+
+from jaxrec import files
+from jaxrec import sweep
+
+REPO = pathlib.Path(__file__).parents[1]
+BASELINES = "gin_configs/runs/baselines.gin"
+# Shared by every run of the real sweeps: the tiny catalog, 10 bootstrap resamples (fast).
+FAST = "--gin_file=gin_configs/data/synthetic_tiny.gin --gin.pipeline.EvalConfig.num_bootstrap=10"
+T_975_1DF = 12.706204736174707  # scipy.stats.t.ppf(0.975, 1)
+
+
+def _tool():
+  spec = importlib.util.spec_from_file_location("sweep_tool", REPO / "tools" / "sweep.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _run_tool(argv, gin_bindings=()):
+  tool = _tool()
+  flag_values = flags.FlagValues()  # the tool's flags, kept out of the global registry
+  tool.define_flags(flag_values)
+  rest = flag_values(["sweep"] + argv)
+  return tool.main(rest, flag_values, gin_bindings)
+
+
+def _csv_rows(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------- spec
+
+
+SPEC = r"""# A header comment that ends in a backslash \
+--gin_file=data/tiny.gin --gin.pipeline.EvalConfig.num_bootstrap=10   # shared by every run
+
+a: runs/baselines.gin   # a comment after a run
+b: runs/baselines.gin --gin.DatasetConfig.name="my name # no comment"   \
+   --gin.pipeline.EvalConfig.ks=(1, 10) --gin.X='it\'s' --gin_file=more.gin
+c: "dir with space/x.gin" --gin.pipeline.EvalConfig.num_bootstrap=20 --seeds=0,1 \
+   --seed_binding=pipeline.evaluate_baselines.seed,SEED
+"""
+
+
+def test_parse_spec_comments_quotes_brackets_shared_options():
+  a, b, c = sweep.parse_spec(SPEC, "spec.txt")
+  assert (a.name, b.name, c.name) == ("a", "b", "c")
+  assert a.gin_files == ("runs/baselines.gin", "data/tiny.gin")  # shared files come after
+  assert a.bindings == ("pipeline.EvalConfig.num_bootstrap=10",)
+  assert a.seeds == () and a.seed_bindings == ()
+  assert b.gin_files == ("runs/baselines.gin", "more.gin", "data/tiny.gin")
+  assert b.bindings == ("pipeline.EvalConfig.num_bootstrap=10",
+                        'DatasetConfig.name="my name # no comment"',  # a gin literal, verbatim
+                        "pipeline.EvalConfig.ks=(1, 10)", r"X='it\'s'")
+  assert c.gin_files == ("dir with space/x.gin", "data/tiny.gin")
+  # Shared bindings first, the run's after them (later ones win).
+  assert c.bindings == ("pipeline.EvalConfig.num_bootstrap=10",
+                        "pipeline.EvalConfig.num_bootstrap=20")
+  assert c.seeds == (0, 1) and c.seed_bindings == ("pipeline.evaluate_baselines.seed", "SEED")
+
+
+def test_plan_expands_seeds_and_appends_command_line_options(tmp_path):
+  runs = sweep.with_common(sweep.parse_spec(SPEC), gin_files=["cli.gin"],
+                           bindings=["pipeline.EvalConfig.batch_size = 8"])
+  planned = sweep.plan(runs, str(tmp_path))
+  assert [(p.name, p.seed) for p in planned] == [("a", None), ("b", None), ("c", 0), ("c", 1)]
+  a, c1 = planned[0], planned[3]
+  assert a.run_dir == str(tmp_path / "a") and c1.run_dir == str(tmp_path / "c" / "seed_1")
+  assert a.args == ("--gin_file=runs/baselines.gin", "--gin_file=data/tiny.gin",
+                    "--gin_file=cli.gin", "--gin.pipeline.EvalConfig.num_bootstrap=10",
+                    "--gin.pipeline.EvalConfig.batch_size=8", f"--workdir={tmp_path / 'a'}")
+  assert c1.args[-4:] == ("--gin.pipeline.EvalConfig.batch_size=8",
+                          "--gin.pipeline.evaluate_baselines.seed=1", "--gin.SEED=1",
+                          f"--workdir={tmp_path / 'c' / 'seed_1'}")
+  assert c1.command[1:] == [str(REPO / "tools" / "run.py"), *c1.args]
+  # The command line's seeds replace the spec's, for every run.
+  reseeded = sweep.with_common(sweep.parse_spec(SPEC), seeds=[7], seed_bindings=["SEED"])
+  assert [(p.name, p.seed, p.args[-2]) for p in sweep.plan(reseeded, str(tmp_path))] == [
+      ("a", 7, "--gin.SEED=7"), ("b", 7, "--gin.SEED=7"), ("c", 7, "--gin.SEED=7")]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a: x.gin\nb: y.gin\na: z.gin", "two runs are named 'a'"),
+    ("# ok\na x.gin", "spec.txt:2: cannot read 'a x.gin'"),
+    ("a: x.gin --gin.X", "spec.txt:1: bad binding 'X'"),
+    ("a: x.gin --gin.X=(1, 2", "unclosed bracket"),
+    ("a: x.gin --gin.X='ab", "unclosed quote"),
+    ("a: x.gin --flag=1", "unknown option '--flag=1'"),
+    ("a: x.gin --seeds=0,1", "has seeds [0, 1] but no seed binding"),
+    ("a: x.gin --seeds=0,x --seed_binding=S", "bad seeds '0,x'"),
+    ("a: --gin.X=1", "run 'a' has no gin file"),
+    ("# nothing\n\n", "the spec names no runs"),
+])
+def test_spec_errors_name_the_line_and_the_fix(text, message):
+  with pytest.raises(sweep.SpecError, match="Fix:") as error:
+    sweep.parse_spec(text, "spec.txt")
+  assert message in str(error.value)
+
+
+def test_runs_from_gin_files(tmp_path):
+  for name in ("b", "a"):
+    (tmp_path / f"{name}.gin").write_text("")
+  runs = sweep.runs_from_gin_files([str(tmp_path / "*.gin")])
+  assert [(r.name, r.gin_files) for r in runs] == [
+      ("a", (str(tmp_path / "a.gin"),)), ("b", (str(tmp_path / "b.gin"),))]
+  with pytest.raises(sweep.SpecError, match="no gin file matches"):
+    sweep.runs_from_gin_files([str(tmp_path / "none_*.gin")])
+  with pytest.raises(sweep.SpecError, match="two runs are named 'a'"):
+    sweep.plan(runs + runs[:1], str(tmp_path))
+
+
+# ---------------------------------------------------------------------------- real sweeps
+
+
+def test_two_run_sweep_writes_reports_and_skips_finished_runs(tmp_path, capsys):
+  spec = tmp_path / "spec.txt"
+  spec.write_text(f"{FAST}\nkept: {BASELINES}\n"
+                  f"excluded: {BASELINES} --gin.pipeline.EvalConfig.exclude_history=True\n")
+  out = tmp_path / "sweep"
+  assert _run_tool([f"--spec={spec}", f"--sweep_dir={out}", "--progress=false",
+                    "--max_parallel=2"]) == 0
+  printed = capsys.readouterr().out
+  assert "2 runs: 2 ran, 0 ran again (command changed), 0 finished before" in printed
+  md = (out / "sweep_results.md").read_text()
+  models = ("cooccurrence", "most_popular", "random")
+  for run in ("kept", "excluded"):
+    marker = files.read_json(str(out / run / sweep.MARKER))
+    assert marker["args"][-1] == f"--workdir={out / run}" and "tools/run.py" in marker["command"]
+    assert (out / run / sweep.LOG).read_text().startswith("$ ")
+    for model in models:
+      assert sum(line.startswith(f"| {run} | {model} | synthetic | 1 | ")
+                 for line in md.splitlines()) == 1
+  rows = _csv_rows(out / "sweep_results.csv")
+  test_rows = {(r["run"], r["model"]): r for r in rows if r["split"] == "test"}
+  assert len(test_rows) == 6 and sum(r["split"] == "valid" for r in rows) == 6
+  for (run, model), row in test_rows.items():
+    m = json.loads((out / run / model / "test_metrics.json").read_text())["metrics"]["overall"]
+    for name in sweep.DEFAULT_METRICS:
+      assert float(row[name]) == pytest.approx(m[name]["mean"])
+      assert float(row[f"{name}_low"]) == pytest.approx(m[name]["ci_low"])
+      assert float(row[f"{name}_high"]) == pytest.approx(m[name]["ci_high"])
+    assert row["status"] == "ran" and row["interval"] == "bootstrap" and float(row["seconds"]) > 0
+  # The binding reached its run: co-occurrence scores differ with history items excluded.
+  assert (test_rows["kept", "cooccurrence"]["recall@10"]
+          != test_rows["excluded", "cooccurrence"]["recall@10"])
+  assert (out / "sweep_results.png").read_bytes().startswith(b"\x89PNG")
+  assert not [p for p in os.listdir(out) if p.startswith(".")]  # no temporary files left
+
+  # A rerun skips both runs: no new log, the reports are rewritten from the same metrics.
+  logs = {run: os.stat(out / run / sweep.LOG).st_mtime_ns for run in ("kept", "excluded")}
+  assert _run_tool([f"--spec={spec}", f"--sweep_dir={out}", "--progress=false"]) == 0
+  assert "2 runs: 0 ran, 0 ran again (command changed), 2 finished before" in (
+      capsys.readouterr().out)
+  assert logs == {run: os.stat(out / run / sweep.LOG).st_mtime_ns for run in logs}
+  assert "| kept | random | synthetic | 1 | " in (out / "sweep_results.md").read_text()
+  assert {r["status"] for r in _csv_rows(out / "sweep_results.csv")} == {"skipped"}
+
+  # A changed command is run again, and the result says what changed.
+  kept = sweep.with_common(sweep.read_spec(str(spec))[:1],
+                           bindings=["pipeline.EvalConfig.num_bootstrap=11"])
+  result = sweep.run_one(sweep.plan(kept, str(out))[0])
+  assert result.status == "redone"
+  assert "added --gin.pipeline.EvalConfig.num_bootstrap=11" in result.note
+  assert os.stat(out / "kept" / sweep.LOG).st_mtime_ns != logs["kept"]
+
+
+def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, capsys):
+  spec = tmp_path / "spec.txt"
+  spec.write_text(f"bad: {BASELINES} {FAST} --gin.pipeline.evaluate_baselines.no_such_arg=1\n"
+                  f"good: {BASELINES} {FAST} --gin.pipeline.evaluate_baselines.baselines="
+                  f"('random',)\n")
+  out = tmp_path / "sweep"
+  assert _run_tool([f"--spec={spec}", f"--sweep_dir={out}", "--progress=false"]) == 1
+  printed = capsys.readouterr().out
+  assert "[FAILED] bad: exit 1" in printed and "no_such_arg" in printed
+  assert "2 runs: 1 ran, 0 ran again (command changed), 0 finished before (skipped), 1 failed" in (
+      printed)
+  assert not (out / "bad" / sweep.MARKER).exists() and (out / "good" / sweep.MARKER).exists()
+  assert "ConfigError" in (out / "bad" / sweep.LOG).read_text()
+  md = (out / "sweep_results.md").read_text()
+  bad_row = next(line for line in md.splitlines() if line.startswith("| bad |"))
+  assert "FAILED (exit 1): jaxrec.configs.ConfigError:" in bad_row and "no_such_arg" in bad_row
+  assert "## Failed runs" in md and f"log {out / 'bad' / sweep.LOG}" in md
+  assert "| good | random | synthetic | 1 | " in md
+  rows = {r["run"]: r for r in _csv_rows(out / "sweep_results.csv") if r["split"] != "valid"}
+  assert rows["bad"]["status"] == "failed" and "no_such_arg" in rows["bad"]["error"]
+  assert rows["bad"]["recall@10"] == "" and rows["good"]["status"] == "ran"
+
+
+# ---------------------------------------------------------------------------- aggregation
+
+
+def _metrics_json(path, model, recall, ndcg, split="test"):
+  def value(mean):
+    return {"mean": mean, "ci_low": mean - 0.05, "ci_high": mean + 0.05, "n": 80}
+  data = {"split": split, "dataset": "toy",
+          "metrics": {"overall": {"recall@10": value(recall), "ndcg@10": value(ndcg)},
+                      "cold_start": {"recall@10": value(recall / 2)}}}
+  if model:
+    data["model"] = model
+  files.write_json(str(path), data)
+
+
+def test_aggregation_over_seeds_known_answers(tmp_path):
+  runs = [sweep.RunSpec("two", ("x.gin",), seeds=(0, 1), seed_bindings=("SEED",)),
+          sweep.RunSpec("one", ("x.gin",)), sweep.RunSpec("broken", ("x.gin",))]
+  planned = sweep.plan(runs, str(tmp_path))
+  two0, two1, one, broken = planned
+  _metrics_json(pathlib.Path(two0.run_dir) / "m" / "test_metrics.json", "m", 0.2, 0.1)
+  _metrics_json(pathlib.Path(two1.run_dir) / "m" / "test_metrics.json", "m", 0.4, 0.3)
+  one_dir = pathlib.Path(one.run_dir)
+  _metrics_json(one_dir / "eval" / "test_metrics.json", None, 0.5, 0.25)  # no "model": run name
+  _metrics_json(one_dir / "eval" / "valid_metrics.json", None, 0.6, 0.3, split="valid")
+  _metrics_json(one_dir / "superseded" / "old" / "eval" / "test_metrics.json", "old", 0.9, 0.9)
+  _metrics_json(one_dir / "seed_9" / "m" / "test_metrics.json", "m", 0.9, 0.9)  # another run's
+  (one_dir / "seed_9" / sweep.LOG).write_text("")
+  results = [sweep.RunResult(two0, "ran", 2.0), sweep.RunResult(two1, "skipped", 4.0),
+             sweep.RunResult(one, "ran", 1.0),
+             sweep.RunResult(broken, "failed", 0.5, returncode=1, error="x\nValueError: boom")]
+  records = sweep.collect(results)
+  assert [(r["run"], r["model"], r["seed"], r["split"]) for r in records] == [
+      ("two", "m", 0, "test"), ("two", "m", 1, "test"), ("one", "one", None, "test"),
+      ("one", "one", None, "valid"), ("broken", None, None, None)]
+  assert sweep.metric_value(records[0]["metrics"], "cold_start/recall@10")["mean"] == 0.1
+
+  rows = sweep.summarize(records, ("recall@10", "ndcg@10"), "test")
+  assert [(r["run"], r["model"]) for r in rows] == [("two", "m"), ("one", "one"), ("broken", None)]
+  two, single, failed = rows
+  # Two seeds: mean 0.3, sd 0.1414, standard error 0.1 -> 0.3 +/- t(0.975, 1 df) * 0.1.
+  for name, mean in (("recall@10", 0.3), ("ndcg@10", 0.2)):
+    m = two["metrics"][name]
+    assert m["mean"] == pytest.approx(mean)
+    assert m["low"] == pytest.approx(mean - T_975_1DF * 0.1)
+    assert m["high"] == pytest.approx(mean + T_975_1DF * 0.1)
+    assert m["interval"] == "t over 2 seeds"
+  assert two["seeds"] == [0, 1] and two["seconds"] == 3.0 and two["status"] == "ran/skipped"
+  # One seed: the run's own bootstrap CI.
+  assert single["metrics"]["recall@10"] == dict(mean=0.5, low=0.45, high=0.55,
+                                                interval="bootstrap", values=[0.5])
+  assert failed["status"] == "failed" and failed["metrics"]["recall@10"] is None
+  # Three seeds: 0.1, 0.2, 0.3 -> 0.2 +/- t(0.975, 2 df) * 0.1 / sqrt(3).
+  mean, low, high = sweep.seed_interval([0.1, 0.2, 0.3])
+  assert (mean, high - mean) == pytest.approx((0.2, 4.302652729749464 * 0.1 / 3 ** 0.5))
+
+  paths = sweep.write_reports(str(tmp_path), records, ("recall@10", "ndcg@10"), "test")
+  md = open(paths["md"]).read()
+  assert "| two | m | toy | 2 | 0.3000 (-0.9706-1.5706) | 0.2000 (-1.0706-1.4706) |" in md
+  assert "| one | one | toy | 1 | 0.5000 (0.4500-0.5500) |" in md
+  assert "| broken | - | - | 1 | - | - | 0.5 | FAILED (exit 1): ValueError: boom |" in md
+  assert "## Per seed" in md and "| two | m | 1 | 0.4000 (0.3500-0.4500) |" in md
+  rows = list(csv.DictReader(io.StringIO(open(paths["csv"]).read())))
+  mean_row = next(r for r in rows if r["seed"] == "mean")
+  assert (mean_row["run"], mean_row["interval"]) == ("two", "t over 2 seeds")
+  assert float(mean_row["recall@10_high"]) == pytest.approx(0.3 + T_975_1DF * 0.1)
+  assert [(r["run"], r["split"], r["seed"]) for r in rows] == [
+      ("two", "test", "0"), ("two", "test", "1"), ("two", "test", "mean"),
+      ("one", "test", ""), ("broken", "", ""), ("one", "valid", "")]
+  assert open(paths["png"], "rb").read().startswith(b"\x89PNG")
