@@ -197,11 +197,9 @@ def build_image_semantic_ids(workdir: str, dataset: DatasetConfig = DatasetConfi
                                  f"rate {stats['before']['collision_rate']:.3f}")
   files.write_json(stats_path, stats, default=str)
   if progress:
-    b, a = stats["before"], stats["after"]
-    used = ", ".join(str(level["used_codes"]) for level in b["levels"])
     print(f"{data.num_items:,} items ({int(with_image.sum()):,} with an image) -> image IDs of "
-          f"length {ids.shape[1]} in {stats['total_seconds']:.1f}s; collision rate "
-          f"{b['collision_rate']:.4f} -> {a['collision_rate']:.4f}; codes used per level: {used}")
+          f"length {ids.shape[1]} in {stats['total_seconds']:.1f}s; "
+          f"{tokenizer_job.collision_summary(stats)}")
     for name, rep in stats["agreement"].items():
       print(f"  NMI with {name}: first level {rep['nmi_first']:.3f} "
             f"(shuffled max {rep['shuffled_first_max']:.3f})")

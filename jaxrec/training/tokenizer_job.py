@@ -203,12 +203,17 @@ def build_semantic_ids(workdir: str, embeddings_path: str,
                    f"{stats['before']['collision_rate']:.3f} before {job.collision}")
   files.write_json(stats_path, stats, default=None)
   if progress:
-    b, a = stats["before"], stats["after"]
-    used = ", ".join(str(level["used_codes"]) for level in b["levels"])
     print(f"{len(x):,} items -> IDs of length {ids.shape[1]} in {stats['total_seconds']:.1f}s; "
-          f"collision rate {b['collision_rate']:.4f} -> {a['collision_rate']:.4f} "
-          f"(largest group {b['largest_collision_group']}); codes used per level: {used}")
+          f"{collision_summary(stats)}")
   return stats
+
+
+def collision_summary(stats: dict) -> str:
+  """'collision rate a -> b (largest group g); codes used per level: ...' of a stats dict."""
+  b, a = stats["before"], stats["after"]
+  used = ", ".join(str(level["used_codes"]) for level in b["levels"])
+  return (f"collision rate {b['collision_rate']:.4f} -> {a['collision_rate']:.4f} "
+          f"(largest group {b['largest_collision_group']}); codes used per level: {used}")
 
 
 def read_reference_ids(path: str) -> np.ndarray:
