@@ -260,11 +260,7 @@ def logical_param_axes(config: DinoRqConfig):
 
 def make_optimizer(train_config: DinoRqTrainConfig) -> optax.GradientTransformation:
   """Clip, then AdamW (warmup + cosine); no weight decay on vectors or codebooks."""
-  warmup = min(train_config.warmup_steps, max(train_config.num_steps - 1, 0))
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=train_config.learning_rate, warmup_steps=warmup,
-      decay_steps=max(train_config.num_steps, warmup + 1),
-      end_value=train_config.learning_rate * train_config.final_learning_rate_fraction)
+  schedule = training.warmup_cosine(train_config)
 
   def decay_mask(params):
     def keep(path, leaf):

@@ -97,14 +97,19 @@ class FitHistory:
   tokens: Optional[TokenizerCodes] = None
 
 
-def make_optimizer(config: TokenizerTrainConfig) -> optax.GradientTransformation:
-  """AdamW with linear warmup and cosine decay."""
+def warmup_cosine(config) -> optax.Schedule:
+  """Linear warmup to config.learning_rate, then cosine decay to learning_rate *
+  final_learning_rate_fraction at num_steps (a TokenizerTrainConfig or DinoRqTrainConfig)."""
   warmup = min(config.warmup_steps, max(config.num_steps - 1, 0))
-  schedule = optax.warmup_cosine_decay_schedule(
+  return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup,
       decay_steps=max(config.num_steps, warmup + 1),
       end_value=config.learning_rate * config.final_learning_rate_fraction)
-  return optax.adamw(schedule, weight_decay=config.weight_decay)
+
+
+def make_optimizer(config: TokenizerTrainConfig) -> optax.GradientTransformation:
+  """AdamW with linear warmup and cosine decay."""
+  return optax.adamw(warmup_cosine(config), weight_decay=config.weight_decay)
 
 
 def _with_codebooks(params, codebooks):
