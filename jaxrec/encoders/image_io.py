@@ -247,6 +247,26 @@ def with_image_dir(item_table, image_dir: Optional[str]):
                              image_paths=image_paths_from_dir(image_dir, item_table.raw_ids))
 
 
+def load_readable_images(item_table, size: int, *, dataset_name: str = "",
+                         image_dir: Optional[str] = None, progress: bool = True) -> ItemImages:
+  """`load_item_images` of the table (its images from `image_dir` if given, see
+  `with_image_dir`).
+
+  Raises:
+    DataError: no item has a readable image (names the counts and the binding).
+  """
+  images = load_item_images(with_image_dir(item_table, image_dir), size, progress=progress)
+  if not images.has_image[1:].any():
+    report = images.report
+    raise DataError(f"none of the {len(images.has_image) - 1:,} items of dataset "
+                    f"{dataset_name!r} has a readable image ({report.get('missing', 0)} "
+                    f"without a path, {report.get('num_skipped', 0)} unreadable)",
+                    path="DatasetConfig.name",
+                    fix="use a dataset with images (ml100k, hm or synthetic), pass an image "
+                        "folder, or check its image files.")
+  return images
+
+
 def skipped_summary(report: dict, limit: Optional[int] = 3) -> str:
   """A one-line summary of a load report, e.g. for logs."""
   first = "; ".join(f"{s['item']}: {s['reason']}" for s in report["skipped"][:limit])

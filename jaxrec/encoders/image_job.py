@@ -93,15 +93,9 @@ def encode_images(output_path: str, dataset: DatasetConfig = DatasetConfig(),
     meta = {"encoder": "features", "dim": int(features.shape[1]),
             "zero_rows": int((~features.any(axis=1)).sum())}
   else:
-    table = image_io.with_image_dir(data.item_table, image_dir)
-    item_images = image_io.load_item_images(table, size, progress=progress)
+    item_images = image_io.load_readable_images(data.item_table, size, dataset_name=dataset.name,
+                                                image_dir=image_dir, progress=progress)
     report = item_images.report
-    if not item_images.has_image.any():
-      raise DataError(f"none of the {data.num_items:,} items of dataset {dataset.name!r} has a "
-                      f"readable image ({report.get('missing', 0)} without a path, "
-                      f"{report.get('num_skipped', 0)} unreadable)", path="DatasetConfig.name",
-                      fix="use a dataset with images (ml100k, hm or synthetic), or check "
-                          "its image folder.")
     loaded = time.time()
     features, meta = image.encode_item_images(item_images, encoder, batch_size=batch_size,
                                               progress=progress)

@@ -70,14 +70,8 @@ def load_images(dataset: DatasetConfig, size: int, progress: bool = True,
   own images (any dataset, e.g. your photos of the Beauty items).
   """
   data = dataset.load()
-  table = image_io.with_image_dir(data.item_table, image_dir)
-  images = image_io.load_item_images(table, size, progress=progress)
-  if not images.has_image[1:].any():
-    raise DataError(f"none of the {data.num_items:,} items of dataset {dataset.name!r} has a "
-                    f"readable image", path="DatasetConfig.name",
-                    fix="use a dataset with images (ml100k, hm or synthetic), or check its "
-                        "image folder.")
-  return data, images
+  return data, image_io.load_readable_images(data.item_table, size, dataset_name=dataset.name,
+                                             image_dir=image_dir, progress=progress)
 
 
 def attribute_agreement(codes: np.ndarray, attributes: dict, seed: int = 0) -> dict:
