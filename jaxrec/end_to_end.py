@@ -42,6 +42,7 @@ from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.encoders import item_job
 from jaxrec.encoders import text
+from jaxrec.quantizers import modalities
 from jaxrec.training import generator_job
 from jaxrec.training import tokenizer_job
 from jaxrec.training import trainer as trainer_lib
@@ -162,7 +163,8 @@ def _artifacts_intact(folder: str, marker: dict) -> bool:
 
 def run_stage(workdir: str, name: str, folder: str, fp: str, config: Any,
               run: Callable[[], Sequence[str]], settings: Optional[dict] = None,
-              keep_old: bool = True, progress: bool = True) -> StageResult:
+              keep_old: bool = True, progress: bool = True,
+              index: Optional[str] = None) -> StageResult:
   """Runs one stage unless its `folder` already holds its result.
 
   Args:
@@ -177,13 +179,15 @@ def run_stage(workdir: str, name: str, folder: str, fp: str, config: Any,
     keep_old: a folder of another configuration is moved to superseded/ (True:
       trained artifacts) or deleted (False: cheap ones, rebuilt in minutes).
     progress: print the status line.
+    index: the "[k/n]" before the status line (default: the place in STAGES).
 
   Returns:
     The StageResult; the artifacts are the paths `run` returned (or recorded).
   """
   marker_path = os.path.join(folder, MARKER)
   marker = files.read_json(marker_path)
-  index = f"[{STAGES.index(name) + 1}/{len(STAGES)}]" if name in STAGES else ""
+  if index is None:
+    index = f"[{STAGES.index(name) + 1}/{len(STAGES)}]" if name in STAGES else ""
   settings = canonical(settings or {})
   if (marker and marker.get("fingerprint") == fp and marker.get("status") == "done" and
       marker.get("settings", {}) == settings and _artifacts_intact(folder, marker)):
@@ -293,11 +297,49 @@ def run_generative(workdir: str, dataset: DatasetConfig = DatasetConfig(),
   stages.append(run_stage(workdir, "semantic_ids", ids_dir, ids_fp, ids_config, build_ids,
                           progress=progress))
 
-  # 3. Semantic IDs -> trained generator.
+  # 3-4. Semantic IDs -> trained generator -> metrics.
+  more, train_summary = generator_stages(workdir, dataset, ids_path, train_job, eval_job,
+                                         progress)
+  stages += more
+  return finish(workdir, dataset, stages, train_summary, started, progress)
+
+
+def finish(workdir: str, dataset: DatasetConfig, stages: Sequence[StageResult],
+           train_summary: dict, started: float, progress: bool = True,
+           extra: Optional[dict] = None) -> dict:
+  """Writes `results.md` and `pipeline_summary.json` (plus `extra` fields); returns the summary."""
+  summary = _summarize(workdir, dataset, stages, train_summary,
+                       time.perf_counter() - started)
+  summary.update(extra or {})
+  table = results_markdown(summary)
+  files.write_text(os.path.join(workdir, "results.md"), table)
+  files.write_json(os.path.join(workdir, "pipeline_summary.json"), summary, sort_keys=True)
+  if progress:
+    print(table, flush=True)
+  return summary
+
+
+def generator_stages(workdir: str, dataset: DatasetConfig, ids_path: str,
+                     train_job: Callable[..., dict], eval_job: Callable[..., dict],
+                     progress: bool = True, numbering: Optional[tuple] = None) -> tuple:
+  """The "generator" and "evaluation" stages over the semantic IDs at `ids_path`.
+
+  `numbering` = (k, n) numbers them "[k/n]" and "[k+1/n]" in the status lines.
+
+  The generator folder is `<workdir>/generator` (its eval/ inside); its fingerprint is
+  the IDs' content (and the modality sidecar beside them, if any) plus the train job's
+  configuration; the evaluation's adds the trained checkpoint.
+
+  Returns:
+    ([generator StageResult, evaluation StageResult], the train summary dict).
+  """
+  stages = []
+  # Semantic IDs -> trained generator.
   gen_dir = os.path.join(workdir, "generator")
   passed = {"dataset": dataset}
   gen_config = stage_config(train_job, passed, drop=_RESUMABLE_FIELDS)
-  gen_fp = _hash({"semantic_ids": sha256_file(ids_path), "config": gen_config})
+  gen_fp = _hash({"semantic_ids": sha256_file(ids_path), "config": gen_config,
+                  **_modalities_hash(ids_path)})
   trainer_config = {**configs.bound_arguments(train_job), **passed}.get("trainer_config")
   resumable = {}
   if isinstance(trainer_config, trainer_lib.TrainerConfig):
@@ -307,10 +349,12 @@ def run_generative(workdir: str, dataset: DatasetConfig = DatasetConfig(),
   def train():
     train_job(workdir=gen_dir, semantic_ids_path=ids_path, progress=progress, **passed)
     return [summary_path]
+  index = (lambda i: f"[{numbering[0] + i}/{numbering[1]}]") if numbering else (
+      lambda i: None)
   stages.append(run_stage(workdir, "generator", gen_dir, gen_fp, gen_config, train,
-                          settings=resumable, progress=progress))
+                          settings=resumable, progress=progress, index=index(0)))
 
-  # 4. Trained generator -> metrics.
+  # Trained generator -> metrics.
   eval_dir = os.path.join(gen_dir, "eval")
   train_summary = files.read_json(summary_path) or {}
   eval_config = stage_config(eval_job, passed)
@@ -327,16 +371,16 @@ def run_generative(workdir: str, dataset: DatasetConfig = DatasetConfig(),
                       fix="check eval_job: it must write <workdir>/eval/<split>_metrics.json.")
     return paths
   stages.append(run_stage(workdir, "evaluation", eval_dir, eval_fp, eval_config, evaluate,
-                          keep_old=False, progress=progress))
+                          keep_old=False, progress=progress, index=index(1)))
 
-  summary = _summarize(workdir, dataset, stages, train_summary,
-                       time.perf_counter() - started)
-  table = results_markdown(summary)
-  files.write_text(os.path.join(workdir, "results.md"), table)
-  files.write_json(os.path.join(workdir, "pipeline_summary.json"), summary, sort_keys=True)
-  if progress:
-    print(table, flush=True)
-  return summary
+  return stages, train_summary
+
+
+def _modalities_hash(ids_path: str) -> dict:
+  """{} or {"modalities": sha} of the modality sidecar beside the IDs (old runs keep
+  their fingerprints)."""
+  path = modalities.sidecar_path(ids_path)
+  return {"modalities": sha256_file(path)} if os.path.isfile(path) else {}
 
 
 def _summarize(workdir: str, dataset: DatasetConfig, stages: Sequence[StageResult],
@@ -365,7 +409,12 @@ def _summarize(workdir: str, dataset: DatasetConfig, stages: Sequence[StageResul
 
 def results_markdown(summary: dict, which: str = "test") -> str:
   """`<workdir>/results.md`: the split's R@5/N@5/R@10/N@10 with 95% CIs and stage times."""
-  lines = [f"# Generative retrieval pipeline: {summary['dataset']}", ""]
+  lines = [f"# {summary.get('system') or 'Generative retrieval pipeline'}: "
+           f"{summary['dataset']}", ""]
+  if summary.get("modalities"):
+    absent = summary.get("absent_modalities") or {}
+    lines += [f"Modalities: {', '.join(summary['modalities'])}" + "".join(
+        f"; {name} absent ({why})" for name, why in sorted(absent.items())) + ".", ""]
   m = summary["metrics"].get(which)
   if m:
     lines += [f"{which} split, full ranking, {m.get('num_examples')} users, checkpoint step "

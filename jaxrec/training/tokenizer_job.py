@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -110,14 +110,14 @@ def fit_resumably(ckpt_dir: str, fp: str, checkpoint_every: int, restore_target,
   return state, history
 
 
-def _fit_rqvae(x, model_config, train_config, job, workdir, fp, progress):
+def _fit_rqvae(x, model_config, train_config, job, workdir, fp, progress, targets=None):
   """Trains with Orbax checkpoints every job.checkpoint_every steps; resumes from the latest."""
   _, history = fit_resumably(
       os.path.join(workdir, "tokenizer_checkpoints"), fp, job.checkpoint_every,
-      lambda: qtraining.init_rqvae_state(x, model_config, train_config),
+      lambda: qtraining.init_rqvae_state(x, model_config, train_config, align_targets=targets),
       lambda start, on_step: qtraining.fit_rqvae(x, model_config, train_config,
-                                                 start_state=start, on_step=on_step,
-                                                 progress=progress),
+                                                 align_targets=targets, start_state=start,
+                                                 on_step=on_step, progress=progress),
       "RQ-VAE", progress)
   return history.tokens, history.metrics
 
@@ -127,6 +127,7 @@ def build_semantic_ids(workdir: str, embeddings_path: str,
                        train_config: qtraining.TokenizerTrainConfig = qtraining.TokenizerTrainConfig(),
                        job: TokenizerJobConfig = TokenizerJobConfig(),
                        reference_ids_path: Optional[str] = None,
+                       align_targets_path: Optional[str] = None,
                        progress: bool = True) -> dict:
   """Fits the tokenizer and writes semantic IDs, stats and a usage plot.
 
@@ -138,6 +139,9 @@ def build_semantic_ids(workdir: str, embeddings_path: str,
     job: method, collision strategy, checkpointing.
     reference_ids_path: optional published IDs to report the same statistics for
       (LETTER's `letter_semantic_ids.json`: {"item_id": ["<a_1>", ...]}).
+    align_targets_path: `[num_items, t]` .npy the alignment loss pulls the quantized
+      latent towards (LETTER: SASRec item embeddings); needs
+      `RqVaeConfig.alignment_weight > 0`, and that needs it.
     progress: progress bars and prints.
 
   Returns:
@@ -158,7 +162,20 @@ def build_semantic_ids(workdir: str, embeddings_path: str,
                       binding="RqVaeConfig.codebook_size")
   if job.method == "rqvae":
     model_config = dataclasses.replace(model_config, input_dim=x.shape[1])
+  targets = None
+  if (model_config.alignment_weight > 0) != (align_targets_path is not None):
+    raise DataError("RqVaeConfig.alignment_weight > 0 and align_targets_path go together "
+                    f"(weight {model_config.alignment_weight}, targets {align_targets_path})",
+                    path="RqVaeConfig.alignment_weight",
+                    fix="bind both (LETTER: the collab modality's embeddings) or neither.")
+  if align_targets_path is not None:
+    if job.method != "rqvae":
+      raise DataError("the alignment loss needs method 'rqvae'",
+                      path="TokenizerJobConfig.method", fix="use method 'rqvae'.")
+    targets = load_embeddings(align_targets_path, len(x))
   fp = fingerprint(embeddings_path, model_config, train_config, job)
+  if targets is not None:
+    fp = hashlib.sha256((fp + fingerprint(align_targets_path)).encode()).hexdigest()[:16]
   if os.path.isfile(stats_path) and os.path.isfile(ids_path):
     with open(stats_path) as f:
       old = json.load(f)
@@ -168,7 +185,8 @@ def build_semantic_ids(workdir: str, embeddings_path: str,
       return old
   started = time.perf_counter()
   if job.method == "rqvae":
-    tokens, curve = _fit_rqvae(x, model_config, train_config, job, workdir, fp, progress)
+    tokens, curve = _fit_rqvae(x, model_config, train_config, job, workdir, fp, progress,
+                               targets)
   else:
     tokens = qtraining.fit_rqkmeans(x, model_config.num_levels, model_config.codebook_size,
                                     iters=job.rqkmeans_iters, seed=train_config.seed)
@@ -183,6 +201,7 @@ def build_semantic_ids(workdir: str, embeddings_path: str,
       "embeddings": os.path.abspath(embeddings_path),
       "num_items": int(len(x)),
       "embedding_dim": int(x.shape[1]),
+      "align_targets": os.path.abspath(align_targets_path) if align_targets_path else None,
       "num_levels": model_config.num_levels,
       "codebook_size": model_config.codebook_size,
       "id_length": int(ids.shape[1]),
@@ -206,6 +225,44 @@ def build_semantic_ids(workdir: str, embeddings_path: str,
     print(f"{len(x):,} items -> IDs of length {ids.shape[1]} in {stats['total_seconds']:.1f}s; "
           f"{collision_summary(stats)}")
   return stats
+
+
+def build_semantic_ids_from_features(
+    workdir: str, features: Mapping[str, str], dataset: Any = None,
+    modalities: Sequence[str] = ("text",), input_modality: str = "text",
+    align_modality: Optional[str] = None,
+    model_config: rqvae.RqVaeConfig = rqvae.RqVaeConfig(),
+    train_config: qtraining.TokenizerTrainConfig = qtraining.TokenizerTrainConfig(),
+    job: TokenizerJobConfig = TokenizerJobConfig(), progress: bool = True) -> dict:
+  """`build_semantic_ids` as a `system_pipeline` IDs job: the IDs of one modality's features.
+
+  TIGER: input_modality "text". LETTER: input "text", align_modality "collab" (the
+  alignment loss pulls the quantized latent towards the SASRec embedding; needs
+  `RqVaeConfig.alignment_weight > 0`).
+
+  Args:
+    workdir: output folder (the artifacts of `build_semantic_ids`).
+    features: {modality: [num_items, d] .npy} from the pipeline.
+    dataset: unused (the pipeline passes it to every IDs job).
+    modalities: the modalities the pipeline uses (for the error message).
+    input_modality: whose features are tokenized.
+    align_modality: whose features are the alignment targets, or None.
+    model_config, train_config, job, progress: as `build_semantic_ids`.
+
+  Raises:
+    DataError: a modality the pipeline did not build.
+  """
+  del dataset
+  for name, binding in ((input_modality, "input_modality"), (align_modality, "align_modality")):
+    if name is not None and name not in features:
+      raise DataError(f"the {name!r} features are not available (the pipeline built "
+                      f"{sorted(features)} for modalities {list(modalities)})",
+                      path=f"tokenizer_job.build_semantic_ids_from_features.{binding}",
+                      fix=f"add {name!r} to system_pipeline.run_system.modalities, or bind "
+                          f"one of {sorted(features)}.")
+  return build_semantic_ids(workdir, features[input_modality], model_config, train_config, job,
+                            align_targets_path=features.get(align_modality) if align_modality
+                            else None, progress=progress)
 
 
 def collision_summary(stats: dict) -> str:
