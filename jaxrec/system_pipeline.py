@@ -31,9 +31,11 @@ from jaxrec.data.errors import DataError
 from jaxrec.encoders import image_job
 from jaxrec.encoders import item_job
 from jaxrec.encoders import text
-from jaxrec.end_to_end import (StageResult, canonical, finish, generator_stages, run_stage,
-                               sha256_file, stage_config, _hash)
+from jaxrec import configs
+from jaxrec.end_to_end import (_RESUMABLE_FIELDS, StageResult, _hash, canonical, finish,
+                               generator_stages, run_stage, sha256_file, stage_config)
 from jaxrec.training import generator_job
+from jaxrec.training import trainer as trainer_lib
 
 MODALITIES = ("text", "image", "collab")
 COLLAB_FILE = "item_embeddings.npy"
@@ -156,8 +158,13 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
     features["image"] = path
 
   if "collab" in used:
-    config = stage_config(collaborative, passed)
+    # Steps and validation cadence are not part of the folder's identity: raising
+    # COLLAB_STEPS resumes the trained model (the job's checkpoints) in the same folder.
+    config = stage_config(collaborative, passed, drop=_RESUMABLE_FIELDS)
     fp = _hash({"collaborative": config})
+    trainer_config = {**configs.bound_arguments(collaborative), **passed}.get("trainer_config")
+    resumable = ({k: getattr(trainer_config, k) for k in trainer_lib.RESUMABLE_FIELDS}
+                 if isinstance(trainer_config, trainer_lib.TrainerConfig) else {})
     folder, base = _stage_folder(workdir, feature_cache, "collaborative", fp)
     path = os.path.join(folder, COLLAB_FILE)
 
@@ -169,7 +176,7 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
                             "(run_sasrec / run_lightgcn with export=True).")
       return [path, item_job.sidecar_path(path)]
     stages.append(run_stage(base, "collaborative", folder, fp, config, train_collaborative,
-                            progress=progress, index=index()))
+                            settings=resumable, progress=progress, index=index()))
     features["collab"] = path
 
   ids_dir = os.path.join(workdir, "semantic_ids")

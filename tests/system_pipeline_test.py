@@ -86,3 +86,68 @@ def test_letter_aligns_the_text_ids_with_sasrec(tmp_path, cache):
   assert stats["collision_strategy"] == "sinkhorn" and stats["after"]["collision_rate"] == 0
   assert np.load(summary["features"]["collab"]).shape == (60, 16)
   _check_metrics(tmp_path, summary)
+
+
+def _fused_tiny(scope):
+  return [f"{scope}/qtraining.TokenizerTrainConfig.num_steps = 10",
+          f"{scope}/qtraining.TokenizerTrainConfig.batch_size = 64",
+          f"{scope}/qtraining.TokenizerTrainConfig.warmup_steps = 2",
+          f"{scope}/qtraining.TokenizerTrainConfig.kmeans_iters = 5",
+          f"{scope}/rqvae.RqVaeConfig.codebook_size = 8",
+          f"{scope}/rqvae.RqVaeConfig.hidden_dims = (32,)",
+          f"{scope}/rqvae.RqVaeConfig.latent_dim = 8"]
+
+
+CEMG = LIGHTGCN + _fused_tiny("cemg") + ["cemg/fusion.CemgFusionConfig.pca_dim = 8",
+                                         "cemg/fusion.CemgFusionConfig.attn_dim = 8"]
+MUSICREC = SASREC + _fused_tiny("musicrec") + [
+    "musicrec/fusion.MusicRecFusionConfig.proj_dim = 16",
+    "musicrec/fusion.MusicRecFusionConfig.encoder_hidden = (16,)",
+    "musicrec/fusion.MusicRecFusionConfig.hidden_dim = 8",
+    "musicrec/fusion.MusicRecFusionConfig.decoder_hidden = (16,)",
+    "musicrec/fusion.MusicRecFusionConfig.fused_dim = 8"]
+
+
+def test_cemg_fuses_text_image_and_lightgcn(tmp_path, cache):
+  summary = _run(["gin_configs/papers/cemg.gin", DATA], tmp_path, cache, CEMG)
+  assert summary["system"] == "CEMG" and summary["modalities"] == ["text", "image", "collab"]
+  assert list(summary["stages"]) == ["embeddings", "image_features", "collaborative",
+                                     "semantic_ids", "generator", "evaluation"]
+  image = np.load(summary["features"]["image"])
+  assert image.shape == (60, 1280) and np.abs(image).sum(1).min() > 0  # Every item has one.
+  stats = json.loads((tmp_path / "semantic_ids" / "tokenizer_stats.json").read_text())
+  assert stats["method"] == "cemg" and stats["use_collab"] is True
+  assert stats["after"]["collision_rate"] == 0
+  _check_metrics(tmp_path, summary)
+
+
+def test_musicrec_shared_specific_with_guidance(tmp_path, cache):
+  summary = _run(["gin_configs/papers/musicrec.gin", DATA], tmp_path, cache, MUSICREC)
+  assert summary["system"] == "MusicRec" and summary["modalities"] == ["text", "image", "collab"]
+  stats = json.loads((tmp_path / "semantic_ids" / "tokenizer_stats.json").read_text())
+  assert stats["method"] == "musicrec" and stats["use_collab"] is True
+  _check_metrics(tmp_path, summary)
+
+
+def test_cemg_without_collab_trains_no_collaborative_model(tmp_path, cache):
+  summary = _run(["gin_configs/ablations/cemg/without_collab.gin", DATA], tmp_path, cache,
+                 CEMG)
+  assert summary["system"] == "CEMG w/o collab" and "collaborative" not in summary["stages"]
+  stats = json.loads((tmp_path / "semantic_ids" / "tokenizer_stats.json").read_text())
+  assert stats["use_collab"] is False
+  _check_metrics(tmp_path, summary)
+
+
+def test_a_dataset_without_images_drops_the_image_modality_and_says_so(tmp_path, cache):
+  summary = _run(["gin_configs/papers/cemg.gin", DATA], tmp_path, cache,
+                 CEMG + ["HAS_IMAGES = False"])
+  assert summary["modalities"] == ["text", "collab"]
+  assert "no item images" in summary["absent_modalities"]["image"]
+  assert "image_features" not in summary["stages"]
+  assert "image absent (the dataset has no item images" in (tmp_path / "results.md").read_text()
+
+
+def test_an_image_only_configuration_on_a_text_only_dataset_is_refused(tmp_path, cache):
+  with pytest.raises(DataError, match="needs item images"):
+    _run(["gin_configs/papers/cemg.gin", DATA], tmp_path, cache,
+         CEMG + ["HAS_IMAGES = False", "system_pipeline.run_system.modalities = ('image',)"])

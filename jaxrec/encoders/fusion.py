@@ -10,7 +10,8 @@
 
 The fused vectors are plain [items, width] arrays: write them out and fit the existing
 RQ-VAE on them (`RqVaeConfig.input_dim = config.fused_dim`), or call the module inside a
-joint loss. Choices the papers leave open are ours and are marked "Our choice".
+joint loss (`quantizers/fused_rqvae.py`, used by `training/fused_tokenizer_job.py`).
+Choices the papers leave open are ours and are marked "Our choice".
 """
 
 from __future__ import annotations
@@ -230,6 +231,11 @@ class MusicRecFusionConfig:
       weights of the four losses in `musicrec_losses`.
     alignment_temperature: InfoNCE temperature of `shared_alignment_loss`.
     guidance_temperature: InfoNCE temperature of `collaborative_guidance_loss`.
+    use_shared: False drops the shared encoder (MusicRec's "w/o shared" ablation): the
+      fused vector and the reconstructions use the specific parts only, and the
+      alignment and orthogonality losses are 0.
+    use_specific: False drops the specific encoders ("w/o specific"): the fused vector
+      and the reconstructions use the shared parts only; the orthogonality loss is 0.
   """
   modality_dims: Sequence[int] = (384, 1280)
   proj_dim: int = 256
@@ -245,10 +251,15 @@ class MusicRecFusionConfig:
   guidance_weight: float = 0.1
   alignment_temperature: float = 0.1
   guidance_temperature: float = 0.1
+  use_shared: bool = True
+  use_specific: bool = True
 
   def __post_init__(self):
     for name in ("modality_dims", "encoder_hidden", "decoder_hidden"):
       object.__setattr__(self, name, tuple(int(d) for d in getattr(self, name)))
+    if not (self.use_shared or self.use_specific):
+      raise ValueError("MusicRecFusionConfig: use_shared and use_specific are both False, "
+                       "so nothing is fused; keep at least one of them.")
 
   @property
   def num_modalities(self) -> int:
@@ -260,8 +271,10 @@ class MusicRecFusionOutput:
   """What `SharedSpecificFusion.__call__` returns.
 
   Attributes:
-    shared: [batch, M, h] shared-encoder output of each modality.
-    specific: [batch, M, h] specific-encoder output of each modality.
+    shared: [batch, M, h] shared-encoder output of each modality (zeros when
+      use_shared is False).
+    specific: [batch, M, h] specific-encoder output of each modality (zeros when
+      use_specific is False).
     fused: [batch, fused_dim].
     recon: tuple of M arrays [batch, d_m], decoder_m(shared_m + specific_m).
     cf_proj: [batch, cf_dim] linear head on `fused` (None when cf_dim = 0).
@@ -281,6 +294,8 @@ class SharedSpecificFusion(nn.Module):
   decoder input). Our choice of fused vector: Linear([masked mean_m shared_m ;
   specific_1 * mask_1 ; ... ; specific_M * mask_M]) -> [B, fused_dim], so one shared
   summary plus what only each modality carries; a missing modality contributes zeros.
+  Ablations: use_shared=False leaves out the shared summary (and shared_m in the decoder
+  input), use_specific=False the specific parts.
   """
   config: MusicRecFusionConfig
 
@@ -289,9 +304,11 @@ class SharedSpecificFusion(nn.Module):
     d = cfg.dropout
     self.input_proj = [rqvae.Mlp((cfg.proj_dim,))
                        for m in range(cfg.num_modalities)]
-    self.shared_encoder = rqvae.Mlp(cfg.encoder_hidden + (cfg.hidden_dim,), d)
-    self.specific_encoders = [rqvae.Mlp(cfg.encoder_hidden + (cfg.hidden_dim,), d)
-                              for m in range(cfg.num_modalities)]
+    if cfg.use_shared:
+      self.shared_encoder = rqvae.Mlp(cfg.encoder_hidden + (cfg.hidden_dim,), d)
+    if cfg.use_specific:
+      self.specific_encoders = [rqvae.Mlp(cfg.encoder_hidden + (cfg.hidden_dim,), d)
+                                for m in range(cfg.num_modalities)]
     self.decoders = [rqvae.Mlp(cfg.decoder_hidden + (dim,), d)
                      for m, dim in enumerate(cfg.modality_dims)]
     self.fuse = rqvae.Mlp((cfg.fused_dim,))
@@ -313,14 +330,23 @@ class SharedSpecificFusion(nn.Module):
     batch = inputs[0].shape[0]
     mask = jnp.ones((batch, cfg.num_modalities), bool) if mask is None else mask
     proj = [p(x) for p, x in zip(self.input_proj, inputs)]
-    shared = jnp.stack([self.shared_encoder(p, deterministic=deterministic) for p in proj], 1)
-    specific = jnp.stack([e(p, deterministic=deterministic)
-                          for e, p in zip(self.specific_encoders, proj)], 1)
+    zeros = jnp.zeros((batch, cfg.num_modalities, cfg.hidden_dim), proj[0].dtype)
+    shared = specific = zeros
+    if cfg.use_shared:
+      shared = jnp.stack([self.shared_encoder(p, deterministic=deterministic)
+                          for p in proj], 1)
+    if cfg.use_specific:
+      specific = jnp.stack([e(p, deterministic=deterministic)
+                            for e, p in zip(self.specific_encoders, proj)], 1)
     recon = tuple(dec(shared[:, m] + specific[:, m], deterministic=deterministic)
                   for m, dec in enumerate(self.decoders))
     w = mask.astype(shared.dtype)[..., None]                                 # [B, M, 1]
-    shared_mean = jnp.sum(shared * w, 1) / jnp.maximum(jnp.sum(w, 1), 1.0)  # [B, h]
-    fused = self.fuse(jnp.concatenate([shared_mean, (specific * w).reshape(batch, -1)], -1))
+    parts = []
+    if cfg.use_shared:
+      parts.append(jnp.sum(shared * w, 1) / jnp.maximum(jnp.sum(w, 1), 1.0))  # [B, h]
+    if cfg.use_specific:
+      parts.append((specific * w).reshape(batch, -1))                          # [B, M h]
+    fused = self.fuse(jnp.concatenate(parts, -1))
     cf_proj = self.cf_head(fused) if cfg.cf_dim > 0 else None
     return MusicRecFusionOutput(shared=shared, specific=specific, fused=fused, recon=recon,
                                 cf_proj=cf_proj)
@@ -441,6 +467,9 @@ def musicrec_losses(outputs: MusicRecFusionOutput, inputs: Sequence[jax.Array],
                     config: MusicRecFusionConfig) -> tuple[jax.Array, dict]:
   """Weighted sum of the four MusicRec fusion losses.
 
+  The alignment loss is 0 without the shared encoder (use_shared=False), the
+  orthogonality loss 0 unless both the shared and the specific encoders are used.
+
   Args:
     outputs: SharedSpecificFusion's output on `inputs`.
     inputs: M arrays [batch, d_m].
@@ -451,11 +480,14 @@ def musicrec_losses(outputs: MusicRecFusionOutput, inputs: Sequence[jax.Array],
   Returns:
     (total, {"reconstruction", "alignment", "orthogonality", "guidance", "total"}).
   """
+  zero = jnp.zeros(())
   losses = {
       "reconstruction": reconstruction_loss(outputs.recon, inputs, mask),
-      "alignment": shared_alignment_loss(outputs.shared, mask, config.alignment_temperature),
-      "orthogonality": orthogonality_loss(outputs.shared, outputs.specific, mask),
-      "guidance": jnp.zeros(()),
+      "alignment": (shared_alignment_loss(outputs.shared, mask, config.alignment_temperature)
+                    if config.use_shared else zero),
+      "orthogonality": (orthogonality_loss(outputs.shared, outputs.specific, mask)
+                        if config.use_shared and config.use_specific else zero),
+      "guidance": zero,
   }
   if config.guidance_weight > 0:
     if cf is None:
