@@ -151,3 +151,34 @@ def test_an_image_only_configuration_on_a_text_only_dataset_is_refused(tmp_path,
   with pytest.raises(DataError, match="needs item images"):
     _run(["gin_configs/papers/cemg.gin", DATA], tmp_path, cache,
          CEMG + ["HAS_IMAGES = False", "system_pipeline.run_system.modalities = ('image',)"])
+
+
+MSCGREC = SASREC + [
+    "collab/rqvae.RqVaeConfig.hidden_dims = (32,)",
+    "IMAGE_SIZE = 16", "augment.MultiCropConfig.local_size = 8",
+    "vit.VitConfig.hidden = 16", "vit.VitConfig.mlp_dim = 32", "vit.VitConfig.num_layers = 1",
+    "dino_rq.DinoRqConfig.codebook_size = 8", "dino_rq.DinoRqConfig.code_dim = 8",
+    "dino_rq.DinoRqConfig.head_hidden = 32", "dino_rq.DinoRqConfig.head_bottleneck = 8",
+    "dino_rq.DinoRqConfig.out_dim = 16",
+    "dino_rq.DinoRqTrainConfig.num_steps = 4", "dino_rq.DinoRqTrainConfig.batch_size = 16",
+    "dino_rq.DinoRqTrainConfig.warmup_steps = 1",
+]
+
+
+def test_mscgrec_generates_collaborative_codes_from_all_modalities(tmp_path, cache):
+  summary = _run(["gin_configs/papers/mscgrec.gin", DATA], tmp_path, cache, MSCGREC)
+  assert summary["system"] == "MSCGRec" and summary["modalities"] == ["text", "image", "collab"]
+  assert "image_features" not in summary["stages"]  # DINO-RQ reads the images itself.
+  ids = np.load(tmp_path / "semantic_ids" / "semantic_ids.npy")
+  sidecar = json.loads((tmp_path / "semantic_ids" / "modalities.json").read_text())
+  segments = {m["name"]: (m["start"], m["end"]) for m in sidecar["modalities"]}
+  assert list(segments) == ["text", "image", "collab"] and segments["collab"][1] == ids.shape[1]
+  for start, end in segments.values():  # Each modality alone names every item.
+    assert len({tuple(r) for r in ids[:, start:end]}) == len(ids)
+  operative = (tmp_path / "config.gin").read_text()
+  assert "TARGET_MODALITY = 'collab'" in operative and "CONSTRAINED_LOSS = True" in operative
+  metrics = json.loads((tmp_path / "generator" / "eval" / "test_metrics.json").read_text())
+  width = segments["collab"][1] - segments["collab"][0]
+  assert metrics["decoding"]["method"] == "trie beam search"
+  assert len(metrics["trie"]["levels"]) == width
+  _check_metrics(tmp_path, summary)

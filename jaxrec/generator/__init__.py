@@ -3,7 +3,7 @@
 from jaxrec.generator.config import T5Config
 from jaxrec.generator.model import EncoderDecoderModel, logical_axes
 from jaxrec.generator.network import Transformer
-from jaxrec.generator.vocab import TokenLayout, make_token_batch
+from jaxrec.generator.vocab import TargetLayout, TokenLayout, make_token_batch
 
-__all__ = ["T5Config", "EncoderDecoderModel", "logical_axes", "Transformer", "TokenLayout",
-           "make_token_batch"]
+__all__ = ["T5Config", "EncoderDecoderModel", "logical_axes", "Transformer", "TargetLayout",
+           "TokenLayout", "make_token_batch"]

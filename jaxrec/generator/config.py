@@ -12,6 +12,9 @@ from jaxrec.data.errors import DataError
 
 ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swish", "tanh", "linear")
 DTYPES = ("float32", "bfloat16", "float16")
+# MSCGRec's dual position embeddings (added later: off by default, see fingerprint_dict).
+POSITION_FIELDS = ("item_position_embeddings", "code_position_embeddings",
+                   "encoder_tokens_per_item", "encoder_prefix_tokens")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +41,16 @@ class T5Config:
       (T5 1.0); T5 1.1 unties it (`logits_dense`).
     z_loss: weight of the auxiliary log(Z)^2 loss (t5x default 1e-4).
     label_smoothing: label smoothing of the token cross-entropy.
+    item_position_embeddings: MSCGRec's item-recency embedding: rows of a learned
+      table added to every encoder token of a history item, indexed by how many items
+      follow it (0 = the most recent; larger recencies share the last row); 0 = off.
+    code_position_embeddings: MSCGRec's within-item embedding: rows of a learned table
+      indexed by the token's position inside its history item (t % tokens per item),
+      i.e. the tokens per history item; 0 = off.
+    encoder_tokens_per_item: width of one history item in encoder tokens, for the
+      item-recency embedding; 0 = `code_position_embeddings`.
+    encoder_prefix_tokens: encoder tokens before the history items (1 with a user
+      token); they get no position embedding.
   """
   vocab_size: int
   emb_dim: int = 128
@@ -54,6 +67,10 @@ class T5Config:
   logits_via_embedding: bool = False
   z_loss: float = 1e-4
   label_smoothing: float = 0.0
+  item_position_embeddings: int = 0
+  code_position_embeddings: int = 0
+  encoder_tokens_per_item: int = 0
+  encoder_prefix_tokens: int = 0
 
   def __post_init__(self):
     if isinstance(self.mlp_activations, str):
@@ -85,6 +102,38 @@ class T5Config:
     if not 0.0 <= self.label_smoothing < 1.0:
       _fail("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}",
             "0 disables it.")
+    for name in POSITION_FIELDS:
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        _fail(name, f"must be an integer >= 0, got {value!r}", "0 disables it.")
+    if (self.code_position_embeddings and self.encoder_tokens_per_item and
+        self.code_position_embeddings != self.encoder_tokens_per_item):
+      _fail("code_position_embeddings", f"({self.code_position_embeddings}) differs from "
+            f"encoder_tokens_per_item ({self.encoder_tokens_per_item})",
+            "both are the number of encoder tokens per history item.")
+    if self.item_position_embeddings and not self.item_width:
+      _fail("item_position_embeddings", "needs the width of a history item",
+            "bind encoder_tokens_per_item (or code_position_embeddings) to the encoder "
+            "tokens per history item.")
+
+  @property
+  def item_width(self) -> int:
+    """Encoder tokens per history item (0 when no position embedding needs it)."""
+    return int(self.encoder_tokens_per_item or self.code_position_embeddings)
+
+  @property
+  def position_embeddings(self) -> bool:
+    """Whether the encoder adds any absolute (MSCGRec dual) position embedding."""
+    return bool(self.item_position_embeddings or self.code_position_embeddings)
+
+  def fingerprint_dict(self) -> dict:
+    """`dataclasses.asdict` without the fields added after checkpoints already existed
+    while they hold their defaults (so old run fingerprints stay valid)."""
+    values = dataclasses.asdict(self)
+    for name in POSITION_FIELDS:
+      if values[name] == 0:
+        del values[name]
+    return values
 
   @property
   def activation_dtype(self) -> jnp.dtype:

@@ -5,7 +5,7 @@ prediction and the encode / cached decode-step helpers a beam search uses. No ji
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -16,13 +16,15 @@ from flax import traverse_util
 from jaxrec.data.errors import DataError
 from jaxrec.decoding import beam_search as beam_search_lib
 from jaxrec.generator import layers
+from jaxrec.generator import masking
 from jaxrec.generator.config import T5Config
 from jaxrec.generator.network import Transformer
-from jaxrec.generator.vocab import TokenLayout
+from jaxrec.generator.vocab import TargetLayout, TokenLayout
 
 Array = jax.Array
 PyTree = Any
 TRAIN_KEYS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+_MASK_SALT = 0x6d61736b  # folded into the dropout key for modality masking ("mask").
 
 
 def cross_entropy_with_logits(logits: Array, targets: Array, z_loss: float
@@ -84,7 +86,8 @@ class EncoderDecoderModel:
 
   Attributes:
     module: the `Transformer` (t5x name; `network` is an alias).
-    layout: the `TokenLayout` of the vocabulary.
+    layout: the decoder's `TargetLayout` (the target columns of the vocabulary's
+      `TokenLayout`; a `TokenLayout` passed in becomes its all-columns view).
     config: the `T5Config` (loss settings: z_loss, label_smoothing).
     trie: the `decoding.trie.Trie` of the catalog's semantic IDs, or None; needed by
       the constrained loss and by beam-search prediction.
@@ -92,15 +95,38 @@ class EncoderDecoderModel:
       after the target's prefix (MSCGRec); needs `trie`.
     decoding: a `decoding.DecodingConfig` (beam_size, top_k): with it and a trie,
       `predict_batch` is the constrained beam search; without, greedy decoding.
+    modality_mask_rate: MSCGRec's modality masking: in training (`loss_fn` with a
+      dropout key) each example, with this probability, loses all history tokens of
+      one uniformly drawn encoder modality. Never with fewer than two modalities.
+    encoder_token_modalities: the modality index of each encoder token of a history
+      item (one per encoder column, e.g. (0, 0, 1, 1, 2, 2)); None = one modality.
   """
 
-  def __init__(self, network: Transformer, layout: TokenLayout,
+  def __init__(self, network: Transformer, layout: Union[TokenLayout, TargetLayout],
                config: Optional[T5Config] = None, trie: Any = None,
-               constrained_loss: bool = False, decoding: Any = None):
+               constrained_loss: bool = False, decoding: Any = None,
+               modality_mask_rate: float = 0.0,
+               encoder_token_modalities: Optional[Sequence[int]] = None):
     self.module = network
     self.decoding = decoding
-    self.layout = layout
+    self.layout = layout.target() if isinstance(layout, TokenLayout) else layout
     self.config = network.config if config is None else config
+    self.modality_mask_rate = float(modality_mask_rate)
+    self.encoder_token_modalities = (None if encoder_token_modalities is None else
+                                     tuple(int(m) for m in encoder_token_modalities))
+    if not 0.0 <= self.modality_mask_rate < 1.0:
+      raise DataError(f"modality_mask_rate must be in [0, 1), got {modality_mask_rate}.",
+                      fix="MSCGRec masks with a small rate; 0 disables it.")
+    if self.encoder_token_modalities is not None and (
+        not self.encoder_token_modalities or min(self.encoder_token_modalities) < 0):
+      raise DataError(f"encoder_token_modalities must hold one modality index >= 0 per "
+                      f"encoder column, got {encoder_token_modalities!r}.")
+    if self.config.position_embeddings and (
+        self.config.encoder_prefix_tokens != self.prefix_tokens):
+      raise DataError(f"T5Config.encoder_prefix_tokens={self.config.encoder_prefix_tokens} "
+                      f"but the token layout puts {self.prefix_tokens} user token(s) before "
+                      "the history items.",
+                      fix="bind it to 1 with user buckets, else 0.")
     self.trie = trie
     self.constrained_loss = bool(constrained_loss)
     if self.constrained_loss and trie is None:
@@ -112,10 +138,32 @@ class EncoderDecoderModel:
                       fix="bind T5Config.vocab_size to TokenLayout.vocab_size (or more).")
 
   @classmethod
-  def from_config(cls, config: T5Config, layout: TokenLayout, trie: Any = None,
-                  constrained_loss: bool = False, decoding: Any = None
+  def from_config(cls, config: T5Config, layout: Union[TokenLayout, TargetLayout],
+                  trie: Any = None, constrained_loss: bool = False, decoding: Any = None,
+                  modality_mask_rate: float = 0.0,
+                  encoder_token_modalities: Optional[Sequence[int]] = None
                   ) -> "EncoderDecoderModel":
-    return cls(Transformer(config), layout, config, trie, constrained_loss, decoding)
+    return cls(Transformer(config), layout, config, trie, constrained_loss, decoding,
+               modality_mask_rate, encoder_token_modalities)
+
+  @property
+  def prefix_tokens(self) -> int:
+    """Encoder tokens before the history items (1 with user buckets, else 0)."""
+    return 1 if self.layout.num_user_buckets else 0
+
+  @property
+  def encoder_tokens_per_item(self) -> int:
+    """Encoder tokens per history item (the target length unless configured)."""
+    if self.encoder_token_modalities is not None:
+      return len(self.encoder_token_modalities)
+    return self.config.item_width or self.target_length
+
+  def mask_modalities(self, rng: Array, encoder_input_tokens: Array) -> Tuple[Array, Array]:
+    """Modality masking of encoder tokens [B, T] (see `masking.mask_modalities`): returns
+    the masked tokens [B, T] and the masked modality per row [B] (-1 = none)."""
+    modalities = self.encoder_token_modalities or (0,) * self.encoder_tokens_per_item
+    return masking.mask_modalities(rng, encoder_input_tokens, modalities,
+                                   self.prefix_tokens, self.modality_mask_rate)
 
   @property
   def beam_search_enabled(self) -> bool:
@@ -140,8 +188,8 @@ class EncoderDecoderModel:
   # ---------------------------------------------------------------- variables
   def default_input_shapes(self, batch_size: int = 1, max_history: int = 1) -> dict:
     """Shapes of the token arrays of `vocab.make_token_batch`."""
-    users = 1 if self.layout.num_user_buckets else 0
-    return {"encoder_input_tokens": (batch_size, users + max_history * self.target_length),
+    return {"encoder_input_tokens": (batch_size, self.prefix_tokens +
+                                     max_history * self.encoder_tokens_per_item),
             "decoder_input_tokens": (batch_size, self.target_length)}
 
   def get_initial_variables(self, rng: Array, input_shapes: Optional[Mapping] = None,
@@ -191,13 +239,19 @@ class EncoderDecoderModel:
       batch: encoder_input_tokens [B, T], decoder_input_tokens [B, L],
         decoder_target_tokens [B, L] int32, decoder_loss_weights [B, L] float32
         (default: targets > 0), from `vocab.make_token_batch`.
-      dropout_rng: PRNG key enabling dropout, or None (deterministic).
+      dropout_rng: PRNG key enabling dropout (and modality masking, when
+        `modality_mask_rate` > 0), or None (deterministic).
 
     Returns:
       loss: [] float32; metrics: [] float32 each: loss, z_loss, cross_ent_loss,
       accuracy (token argmax over the full vocabulary), sequence_accuracy (all L tokens
       right, among weighted rows), num_tokens (weight sum).
     """
+    if dropout_rng is not None and self.modality_mask_rate > 0.0:
+      _check_batch(batch, TRAIN_KEYS)
+      encoder_tokens, _ = self.mask_modalities(
+          jax.random.fold_in(dropout_rng, _MASK_SALT), batch["encoder_input_tokens"])
+      batch = dict(batch, encoder_input_tokens=encoder_tokens)
     logits = self._logits(params, batch, dropout_rng)
     targets = batch["decoder_target_tokens"]
     weights = _weights(batch)
@@ -248,10 +302,14 @@ class EncoderDecoderModel:
     row-wise operations over the other leaves only).
     """
     tokens = jnp.ones((batch_size, self.target_length), jnp.int32)
+    # A dummy encoder input of one whole history item (position embeddings check the
+    # width); the cache does not depend on it.
+    encoder_tokens = jnp.ones((batch_size, self.prefix_tokens + self.encoder_tokens_per_item),
+                              jnp.int32)
 
     def create(params):
       _, variables = self.module.apply(
-          {"params": params}, tokens[:, :1], tokens, enable_dropout=False, decode=True,
+          {"params": params}, encoder_tokens, tokens, enable_dropout=False, decode=True,
           max_decode_length=self.target_length, mutable=["cache"])
       return variables["cache"]
 

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrec.generator import layers
+from jaxrec.generator import positions
 from jaxrec.generator.config import T5Config
 
 Array = jax.Array
@@ -86,7 +87,8 @@ class DecoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-  """Token embedding -> encoder layers -> `encoder_norm`."""
+  """Token embedding (+ MSCGRec's dual position embeddings when configured, see
+  `positions.encoder_position_embeddings`) -> encoder layers -> `encoder_norm`."""
   config: T5Config
   shared_embedding: nn.Module
 
@@ -100,6 +102,8 @@ class Encoder(nn.Module):
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
         cfg.num_heads, dtype=cfg.activation_dtype, name="relpos_bias")(length, length, True)
     x = self.shared_embedding(tokens.astype(jnp.int32))
+    if cfg.position_embeddings:
+      x = x + positions.encoder_position_embeddings(cfg, tokens.astype(jnp.int32))
     x = _dropout(cfg)(x, deterministic)
     for i in range(cfg.num_encoder_layers):
       x = EncoderLayer(cfg, name=f"layers_{i}")(x, mask, bias, deterministic)

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import jax
 import numpy as np
@@ -23,6 +23,7 @@ from jaxrec.data.splits import leave_one_out
 from jaxrec.decoding import DecodingConfig, build_trie, trie_stats
 from jaxrec.generator import EncoderDecoderModel, T5Config, TokenLayout, make_token_batch
 from jaxrec.pipeline import EvalConfig, evaluate_and_save
+from jaxrec.quantizers import modalities as modalities_lib
 from jaxrec.training import trainer as trainer_lib
 
 
@@ -84,24 +85,29 @@ class CodeLookup:
     return items, exact
 
 
-def make_batch_fn(semantic_ids: np.ndarray, layout: TokenLayout,
-                  max_history: int) -> trainer_lib.BatchFn:
-  """Host data batch (history/length/target/user/weight) -> generator token batch."""
-  return lambda batch: make_token_batch(batch, semantic_ids, layout, max_history)
+def make_batch_fn(semantic_ids: np.ndarray, layout: TokenLayout, max_history: int,
+                  target_levels: Optional[Sequence[int]] = None,
+                  encoder_levels: Optional[Sequence[int]] = None) -> trainer_lib.BatchFn:
+  """Host data batch (history/length/target/user/weight) -> generator token batch (the
+  encoder reads `encoder_levels`, the decoder generates `target_levels`; None = all)."""
+  return lambda batch: make_token_batch(batch, semantic_ids, layout, max_history,
+                                        target_levels, encoder_levels)
 
 
 def history_tokens(histories: np.ndarray, semantic_ids: np.ndarray, layout: TokenLayout,
-                   max_history: int) -> dict:
+                   max_history: int, encoder_levels: Optional[Sequence[int]] = None) -> dict:
   """Evaluation histories [B, W] (0-padded at the end, no users) -> the encoder tokens of
   `make_token_batch` (the user token, if any, is PAD)."""
   histories = np.asarray(histories, np.int32)
   batch = {"history": histories, "length": (histories > 0).sum(1).astype(np.int32),
            "user": np.full(len(histories), -1, np.int32)}
-  return make_token_batch(batch, semantic_ids, layout, max_history)
+  return make_token_batch(batch, semantic_ids, layout, max_history,
+                          encoder_levels=encoder_levels)
 
 
 def make_beam_recommender_factory(semantic_ids: np.ndarray, layout: TokenLayout,
-                                  max_history: int, top_k: int, fallback_item: int = 1
+                                  max_history: int, top_k: int, fallback_item: int = 1,
+                                  encoder_levels: Optional[Sequence[int]] = None
                                   ) -> trainer_lib.MakeRecommender:
   """`make(predict) -> recommend(histories, k)` from beam-searched items [B, top_k].
 
@@ -120,7 +126,7 @@ def make_beam_recommender_factory(semantic_ids: np.ndarray, layout: TokenLayout,
                             "lower the largest cutoff in EvalConfig.ks (exclude_history asks "
                             "for k + history width).")
       items = np.asarray(predict(history_tokens(histories, semantic_ids, layout,
-                                                max_history)))
+                                                max_history, encoder_levels)))
       found = items > 0
       recommend.stats["found"] += int(found.sum())
       recommend.stats["total"] += found.size
@@ -131,21 +137,24 @@ def make_beam_recommender_factory(semantic_ids: np.ndarray, layout: TokenLayout,
 
 
 def make_recommender_factory(semantic_ids: np.ndarray, layout: TokenLayout, max_history: int,
-                             fallback_item: int = 1) -> trainer_lib.MakeRecommender:
+                             fallback_item: int = 1,
+                             target_levels: Optional[Sequence[int]] = None,
+                             encoder_levels: Optional[Sequence[int]] = None
+                             ) -> trainer_lib.MakeRecommender:
   """`make(predict) -> recommend(histories, k)` from greedy codes (top-1; the model without
-  a `DecodingConfig`).
+  a `DecodingConfig`); the codes are those of `target_levels` (None = all columns).
 
   The greedy prediction is one item; it fills all k slots. Repeating it scores
   exactly like "one item, then nothing" (a repeated id counts at its first
   position, metrics.rank_of_target), which `evaluation.evaluate` needs because it
   rejects id 0. So Recall@k = Recall@1 for every k.
   """
-  lookup = CodeLookup(semantic_ids, fallback_item)
+  lookup = CodeLookup(layout.target(target_levels).select(semantic_ids), fallback_item)
 
   def make(predict):
     def recommend(histories: np.ndarray, k: int) -> np.ndarray:
       items, exact = lookup(predict(history_tokens(histories, semantic_ids, layout,
-                                                   max_history)))
+                                                   max_history, encoder_levels)))
       recommend.stats["exact"] += int(exact.sum())
       recommend.stats["total"] += len(exact)
       return np.repeat(items[:, None], k, axis=1)
@@ -156,7 +165,12 @@ def make_recommender_factory(semantic_ids: np.ndarray, layout: TokenLayout, max_
 
 @dataclasses.dataclass
 class GeneratorSetup:
-  """Everything built from the configs before training or evaluation."""
+  """Everything built from the configs before training or evaluation.
+
+  `layout` is the full vocabulary layout, `model.layout` its decoder (target) view;
+  `target_levels` / `encoder_levels` are the semantic-ID columns the decoder generates
+  and the encoder reads; `segments` the table's modality segments.
+  """
   split: object
   semantic_ids: np.ndarray
   layout: TokenLayout
@@ -164,38 +178,130 @@ class GeneratorSetup:
   fingerprint: str
   batch_fn: Callable
   make_recommender: Callable
+  target_levels: Tuple[int, ...] = ()
+  encoder_levels: Tuple[int, ...] = ()
+  segments: Tuple[modalities_lib.Segment, ...] = ()
+
+
+def resolve_modalities(segments: Sequence[modalities_lib.Segment],
+                       target_modality: Optional[str],
+                       encoder_modalities: Optional[Union[str, Sequence[str]]],
+                       entry: str) -> tuple:
+  """Columns of the decoder target and of the encoder input.
+
+  Args:
+    segments: the table's modality segments (`modalities.read`).
+    target_modality: the generated segment's name; None = all columns.
+    encoder_modalities: names of the segments the encoder reads (a single name is one
+      segment); None = all. They are read in the table's column order.
+    entry: the gin entry point, for error messages (e.g.
+      "generator_job.train_generator").
+
+  Returns:
+    (target_levels, encoder_levels, encoder_token_modalities, encoder_names): column
+    tuples, the modality index (position in encoder_names) of each encoder column, and
+    the encoder segments' names in column order.
+
+  Raises:
+    DataError naming the binding: unknown, repeated or no modality names.
+  """
+  num_levels = segments[-1].end
+  if target_modality is None:
+    target = tuple(range(num_levels))
+  else:
+    if not isinstance(target_modality, str):
+      raise DataError(f"target_modality must be a modality name or None, got "
+                      f"{target_modality!r}", path=f"{entry}.target_modality",
+                      fix=f"bind one of {[x.name for x in segments]}.")
+    target = modalities_lib.find(segments, target_modality, f"{entry}.target_modality").levels
+  if encoder_modalities is None:
+    chosen = tuple(segments)
+  else:
+    binding = f"{entry}.encoder_modalities"
+    names = ((encoder_modalities,) if isinstance(encoder_modalities, str)
+             else tuple(encoder_modalities))
+    if not names or len(set(names)) != len(names) or not all(
+        isinstance(n, str) for n in names):
+      raise DataError(f"encoder_modalities must be distinct modality names, got "
+                      f"{encoder_modalities!r}", path=binding,
+                      fix=f"bind a non-empty subset of {[x.name for x in segments]}, or None.")
+    found = {modalities_lib.find(segments, n, binding) for n in names}
+    chosen = tuple(x for x in segments if x in found)
+  encoder = tuple(c for x in chosen for c in x.levels)
+  token_modalities = tuple(i for i, x in enumerate(chosen) for _ in x.levels)
+  return target, encoder, token_modalities, tuple(x.name for x in chosen)
 
 
 def setup(semantic_ids_path: str, dataset: DatasetConfig, trainer_config: trainer_lib.TrainerConfig,
           model_config: Callable[..., T5Config], num_user_buckets: int = 0,
           decoding: Optional[DecodingConfig] = DecodingConfig(),
-          constrained_loss: bool = False) -> GeneratorSetup:
+          constrained_loss: bool = False, target_modality: Optional[str] = None,
+          encoder_modalities: Optional[Sequence[str]] = None,
+          modality_mask_rate: float = 0.0, position_embeddings: bool = False,
+          entry: str = "generator_job.setup") -> GeneratorSetup:
   """Loads data and IDs and builds the layout, trie, model, batch conversion and recommender.
 
   The fingerprint (which checkpoints belong to this setup) covers the dataset, the
-  T5 config, the layout, the IDs and the constrained loss; not the decoding, which
-  only changes evaluation.
+  T5 config, the layout, the IDs, the constrained loss and the MSCGRec options when
+  they are not the defaults (so the defaults keep older runs' fingerprints); not the
+  decoding, which only changes evaluation.
+
+  Args: as `train_generator`; entry names the gin entry point in error messages.
   """
   split = leave_one_out(dataset.load())
   ids = load_semantic_ids(semantic_ids_path, split.num_items)
   layout = TokenLayout.for_semantic_ids(ids, num_user_buckets=num_user_buckets)
+  segments = modalities_lib.read(semantic_ids_path, layout.num_levels)
+  target_levels, encoder_levels, token_modalities, encoder_names = resolve_modalities(
+      segments, target_modality, encoder_modalities, entry)
+  rate = modality_mask_rate
+  if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+    raise DataError(f"modality_mask_rate must be in [0, 1), got {rate!r}",
+                    path=f"{entry}.modality_mask_rate", fix="0 disables modality masking.")
+  target = layout.target(target_levels, f"{entry}.target_modality")
+  target_ids = target.select(ids)
   t5 = model_config(layout.vocab_size)
-  trie = build_trie(ids, codebook_sizes=layout.codebook_sizes) if (
-      decoding is not None or constrained_loss) else None
-  model = EncoderDecoderModel.from_config(t5, layout, trie, constrained_loss, decoding)
-  parts = [dataclasses.asdict(dataset), dataclasses.asdict(t5), str(layout),
+  if position_embeddings:
+    t5 = dataclasses.replace(
+        t5, item_position_embeddings=trainer_config.max_history,
+        code_position_embeddings=len(encoder_levels), encoder_tokens_per_item=0,
+        encoder_prefix_tokens=1 if num_user_buckets else 0)
+  trie = None
+  if decoding is not None or constrained_loss:
+    try:
+      trie = build_trie(target_ids, codebook_sizes=target.codebook_sizes)
+    except DataError as e:
+      if target_modality is None:
+        raise
+      raise DataError(f"the {target_modality!r} columns {list(target_levels)} do not name "
+                      f"one item each ({e})", path=f"{entry}.target_modality",
+                      fix="target a segment that ends in its own collision level.") from e
+  model = EncoderDecoderModel.from_config(t5, target, trie, constrained_loss, decoding,
+                                          rate, token_modalities)
+  parts = [dataclasses.asdict(dataset), t5.fingerprint_dict(), str(layout),
            hashlib.sha256(ids.tobytes()).hexdigest()]
   if constrained_loss:
     parts.append("constrained_loss")
+  if target_modality is not None:
+    parts.append({"target_modality": target_modality, "target_levels": target_levels})
+  if encoder_modalities is not None:
+    parts.append({"encoder_modalities": encoder_names, "encoder_levels": encoder_levels})
+  if rate:
+    parts.append({"modality_mask_rate": float(rate)})
+  if position_embeddings:
+    parts.append("position_embeddings")
   blob = json.dumps(parts, sort_keys=True, default=str)
   fp = hashlib.sha256(blob.encode()).hexdigest()[:16]
   popular = int(np.argmax(split.train_item_counts()[1:]) + 1)
   mh = trainer_config.max_history
   if decoding is None:
-    make = make_recommender_factory(ids, layout, mh, fallback_item=popular)
+    make = make_recommender_factory(ids, layout, mh, popular, target_levels, encoder_levels)
   else:
-    make = make_beam_recommender_factory(ids, layout, mh, decoding.top_k, popular)
-  return GeneratorSetup(split, ids, layout, model, fp, make_batch_fn(ids, layout, mh), make)
+    make = make_beam_recommender_factory(ids, layout, mh, decoding.top_k, popular,
+                                         encoder_levels)
+  return GeneratorSetup(split, ids, layout, model, fp,
+                        make_batch_fn(ids, layout, mh, target_levels, encoder_levels), make,
+                        target_levels, encoder_levels, segments)
 
 
 def train_generator(workdir: str, semantic_ids_path: str,
@@ -206,7 +312,10 @@ def train_generator(workdir: str, semantic_ids_path: str,
                     operative_config: Optional[Callable[[], str]] = None,
                     progress: bool = True,
                     decoding: Optional[DecodingConfig] = DecodingConfig(),
-                    constrained_loss: bool = False) -> dict:
+                    constrained_loss: bool = False, target_modality: Optional[str] = None,
+                    encoder_modalities: Optional[Sequence[str]] = None,
+                    modality_mask_rate: float = 0.0,
+                    position_embeddings: bool = False) -> dict:
   """Trains the generator in `workdir` (resuming a run of the same configuration).
 
   Args:
@@ -226,12 +335,24 @@ def train_generator(workdir: str, semantic_ids_path: str,
     decoding: the validation recommender's beam search (None: greedy top-1).
     constrained_loss: MSCGRec's constrained sequence learning (softmax over the codes
       the trie allows after the target's prefix).
+    target_modality: the modality segment (`modalities.json` beside the semantic IDs)
+      the decoder generates, e.g. "collab" (MSCGRec); None = all columns. The trie and
+      the recommenders use its columns, which must name one item each.
+    encoder_modalities: the segments each history item shows the encoder (in column
+      order); None = all.
+    modality_mask_rate: MSCGRec's modality masking: per training example, the
+      probability that one uniformly drawn encoder modality is hidden (PAD); needs two
+      or more encoder modalities (else nothing is masked). Never at evaluation.
+    position_embeddings: MSCGRec's dual position embeddings in the encoder: the item's
+      recency (trainer_config.max_history positions) and the token's position inside
+      the item (sets the `T5Config` position fields).
 
   Returns:
     The trainer's summary (also written to train_summary.json).
   """
   s = setup(semantic_ids_path, dataset, trainer_config, model_config, num_user_buckets,
-            decoding, constrained_loss)
+            decoding, constrained_loss, target_modality, encoder_modalities,
+            modality_mask_rate, position_embeddings, entry="generator_job.train_generator")
   options = dict(ks=tuple(eval_config.ks), batch_size=eval_config.batch_size,
                  exclude_history=eval_config.exclude_history,
                  cold_start_threshold=eval_config.cold_start_threshold)
@@ -251,7 +372,10 @@ def evaluate_generator(workdir: str, semantic_ids_path: str,
                        eval_config: EvalConfig = EvalConfig(), num_user_buckets: int = 0,
                        checkpoint: str = "best", progress: bool = True,
                        decoding: Optional[DecodingConfig] = DecodingConfig(),
-                       constrained_loss: bool = False) -> dict:
+                       constrained_loss: bool = False, target_modality: Optional[str] = None,
+                       encoder_modalities: Optional[Sequence[str]] = None,
+                       modality_mask_rate: float = 0.0,
+                       position_embeddings: bool = False) -> dict:
   """Restores the best (or latest) checkpoint and writes `<workdir>/eval/<split>_metrics.json`.
 
   Args: as `train_generator` (the same bindings), plus checkpoint: "best" (falls
@@ -261,7 +385,8 @@ def evaluate_generator(workdir: str, semantic_ids_path: str,
     {split: the JSON part of `evaluation.evaluate`'s result}.
   """
   s = setup(semantic_ids_path, dataset, trainer_config, model_config, num_user_buckets,
-            decoding, constrained_loss)
+            decoding, constrained_loss, target_modality, encoder_modalities,
+            modality_mask_rate, position_embeddings, entry="generator_job.evaluate_generator")
   tr = trainer_lib.Trainer(s.model, trainer_config, trainer_lib.input_shapes(
       s.split, s.batch_fn, trainer_config))
   fp = trainer_lib.trajectory_fingerprint(trainer_config, s.fingerprint)
@@ -280,6 +405,9 @@ def evaluate_generator(workdir: str, semantic_ids_path: str,
         fields.update(decoding=dict(dataclasses.asdict(decoding), method="trie beam search"),
                       found_rate=stats["found"] / max(stats["total"], 1),
                       trie=trie_stats(s.model.trie))
+      if target_modality is not None:
+        fields.update(target_modality=target_modality,
+                      target_levels=list(s.target_levels))
       return fields
 
     results[which] = evaluate_and_save(

@@ -27,6 +27,7 @@ CODEBOOK = "codebook"
 ITEMS = "items"
 LAYERS = "layers"
 RELPOS_BUCKETS = "relpos_buckets"
+ABSPOS_BUCKETS = "abspos_buckets"  # MSCGRec's learned item / code position embeddings.
 
 # Mesh axis names.
 DATA = "data"
@@ -47,6 +48,7 @@ LOGICAL_AXIS_RULES = (
     (ITEMS, None),
     (LAYERS, None),
     (RELPOS_BUCKETS, None),
+    (ABSPOS_BUCKETS, None),
 )
 
 

@@ -26,10 +26,12 @@ def test_rules_golden():
   assert pt.logical_to_mesh_spec(("vocab", "embed")) == P("model", None)
   assert pt.logical_to_mesh_spec(("embed", "joined_kv")) == P(None, "model")
   assert pt.logical_to_mesh_spec(("relpos_buckets", "heads")) == P(None, "model")
+  assert pt.logical_to_mesh_spec(("abspos_buckets", "embed")) == P(None, None)
   assert pt.logical_to_mesh_spec(("codebook", "items", "layers", "kv")) == P(None, None, None, None)
   names = {name for name, _ in pt.LOGICAL_AXIS_RULES}
   assert names == {pt.BATCH, pt.LENGTH, pt.EMBED, pt.MLP, pt.HEADS, pt.KV, pt.JOINED_KV,
-                   pt.VOCAB, pt.CODEBOOK, pt.ITEMS, pt.LAYERS, pt.RELPOS_BUCKETS}
+                   pt.VOCAB, pt.CODEBOOK, pt.ITEMS, pt.LAYERS, pt.RELPOS_BUCKETS,
+                   pt.ABSPOS_BUCKETS}
 
 
 def test_mesh_shapes():
