@@ -2,11 +2,15 @@
 `tools/run.py --gin_file=gin_configs/papers/<system>.gin` runs it, at test size."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
 
 from jaxrec import configs
+from jaxrec import end_to_end
+from jaxrec import system_pipeline
+from jaxrec.training import generator_job
 from jaxrec.data.errors import DataError
 
 # Test-sized everything: the tiny catalog (60 items with 16 px images), small tokenizers,
@@ -129,6 +133,7 @@ def test_musicrec_shared_specific_with_guidance(tmp_path, cache):
   _check_metrics(tmp_path, summary)
 
 
+@pytest.mark.slow
 def test_cemg_without_collab_trains_no_collaborative_model(tmp_path, cache):
   summary = _run(["gin_configs/ablations/cemg/without_collab.gin", DATA], tmp_path, cache,
                  CEMG)
@@ -182,3 +187,29 @@ def test_mscgrec_generates_collaborative_codes_from_all_modalities(tmp_path, cac
   assert metrics["decoding"]["method"] == "trie beam search"
   assert len(metrics["trie"]["levels"]) == width
   _check_metrics(tmp_path, summary)
+
+
+ABLATIONS = sorted(str(p) for p in pathlib.Path(configs.REPO_ROOT, "gin_configs", "ablations")
+                   .rglob("*.gin"))
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: "/".join(pathlib.Path(p).parts[-2:]))
+def test_every_ablation_changes_its_paper_config_and_says_why(path):
+  system = pathlib.Path(path).parent.name
+  text = pathlib.Path(path).read_text()
+  assert text.startswith("# ") and f"include 'gin_configs/papers/{system}.gin'" in text
+
+  def resolved(files):
+    configs.parse(files, ["WORKDIR = '/tmp/w'"])
+    bound = configs.bound_arguments(system_pipeline.run_system)
+    generator = configs.bound_arguments(generator_job.train_generator)
+    ids_job = configs.bound_arguments(bound["semantic_ids_job"])
+    return end_to_end.canonical({"run": bound, "generator": generator, "ids": ids_job})
+
+  paper = resolved([f"gin_configs/papers/{system}.gin"])
+  ablation = resolved([path])
+  assert ablation["run"]["system"] != paper["run"]["system"]
+  changed = {k for k in ("run", "generator", "ids") if ablation[k] != paper[k]}
+  paper["run"]["system"] = ablation["run"]["system"]
+  assert {k for k in ("run", "generator", "ids") if ablation[k] != paper[k]}, (
+      f"{path} changes nothing but the name ({changed})")

@@ -334,7 +334,7 @@ def make_dino_rq_train_step(config: DinoRqConfig, optimizer: optax.GradientTrans
       unused = jnp.where(revived, 0, unused)
       ema = vq.EmaState(jnp.where(revived, 1.0, ema.cluster_size),
                         jnp.where(revived[..., None], codebooks, ema.embed_sum))
-    params = training._with_codebooks(params, codebooks)
+    params = training.with_codebooks(params, codebooks)
     momentum = teacher_momentum(state.step, num_steps, config.teacher_momentum)
     teacher_params = ema_update(state.teacher_params, params, momentum)
     probs = jax.nn.softmax((teacher_logits - state.center) / temp, axis=-1)
@@ -412,13 +412,13 @@ def _make_init_fn(config, train_config, num_items):
     variables = model.init(jax.random.fold_in(key, _INIT), jnp.zeros((1, side, side, 3)))
     params = nn.meta.unbox(variables)["params"]
     size = min(num_items, max(train_config.batch_size, num_codes))
-    idx = training._batch_indices(jax.random.fold_in(key, _DATA), 0, num_items, size)
+    idx = training.batch_indices(jax.random.fold_in(key, _DATA), 0, num_items, size)
     views = augment.full_view(images[idx], side)
     if train_config.kmeans_init:
       z = model.apply({"params": params}, views, method=DinoRq.embed)
       fitted = rqkmeans.residual_kmeans(z, num_levels, num_codes, train_config.kmeans_iters,
                                         jax.random.fold_in(key, _KMEANS), check_unique=False)
-      params = training._with_codebooks(params, fitted.codebooks)
+      params = training.with_codebooks(params, fitted.codebooks)
     codebooks = params["quantizer"]["codebooks"]
     center = jnp.mean(model.apply({"params": params}, views)["logits"], axis=0)
     return DinoRqTrainState(
@@ -443,7 +443,7 @@ def compiled_train_fns(config: DinoRqConfig, train_config: DinoRqTrainConfig,
 def _compiled(config, train_config, num_items):
   step = make_dino_rq_train_step(config, make_optimizer(train_config), train_config.num_steps,
                                  revive_dead_codes_every=train_config.revive_dead_codes_every)
-  batch_fn = functools.partial(training._batch_indices, num_items=num_items,
+  batch_fn = functools.partial(training.batch_indices, num_items=num_items,
                                batch_size=train_config.batch_size)
   return jax.jit(step), jax.jit(batch_fn)
 

@@ -34,8 +34,8 @@ METHODS = ("cemg", "musicrec")
 # fold_in tags, as in quantizers/training.py.
 _INIT, _DATA, _STEP, _KMEANS = 0, 1, 2, 3
 # Shared with fit_rqvae, so batches and codebook updates follow the same rules.
-_batch_indices = qtraining._batch_indices  # pylint: disable=protected-access
-_with_codebooks = qtraining._with_codebooks  # pylint: disable=protected-access
+_batch_indices = qtraining.batch_indices
+_with_codebooks = qtraining.with_codebooks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,38 +245,10 @@ def make_train_step(model: FusedRqVae, optimizer: optax.GradientTransformation, 
                     revive_dead_codes_every: int = 0) -> Callable:
   """Returns `step(state, batch, rng) -> (state, metrics)` to wrap in `jax.jit`; state is
   a `qtraining.RqVaeTrainState` over the joint params, batch a `data_dict` slice."""
-  rq = model.config.rqvae
-
-  def step(state: qtraining.RqVaeTrainState, batch: dict, rng: jax.Array):
-    dropout_rng, revive_rng = jax.random.split(rng)
-
-    def loss_fn(params):
-      out = _apply(model, params, batch, deterministic=False, rngs={"dropout": dropout_rng})
-      return out.losses["total"], out
-
-    grads, out = jax.grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    codebooks, ema = params["quantizer"]["codebooks"], state.ema
-    if rq.use_ema:
-      update = functools.partial(vq.ema_update, decay=rq.ema_decay, epsilon=rq.ema_epsilon)
-      ema, codebooks = jax.vmap(update, in_axes=(0, 1, 1))(ema, out.residuals, out.codes)
-    unused = jax.vmap(vq.update_unused_steps, in_axes=(0, 1))(state.unused_steps, out.codes)
-    if revive_dead_codes_every > 0:
-      keys = jax.random.split(revive_rng, rq.num_levels)
-      codebooks, revived = jax.vmap(vq.revive_dead_codes, in_axes=(0, 0, 1, 0, None))(
-          codebooks, unused, out.residuals, keys, revive_dead_codes_every)
-      unused = jnp.where(revived, 0, unused)
-      ema = vq.EmaState(jnp.where(revived, 1.0, ema.cluster_size),
-                        jnp.where(revived[..., None], codebooks, ema.embed_sum))
-    new_state = state.replace(step=state.step + 1,
-                              params=_with_codebooks(params, codebooks),
-                              opt_state=opt_state, ema=ema, unused_steps=unused)
-    metrics = {"loss": out.losses["total"],
-               **{k: v for k, v in out.losses.items() if k != "total"}, **out.usage}
-    return new_state, metrics
-
-  return step
+  def forward(params, batch, dropout_rng):
+    return _apply(model, params, batch, deterministic=False, rngs={"dropout": dropout_rng})
+  return qtraining.make_quantizer_train_step(forward, model.config.rqvae, optimizer,
+                                             revive_dead_codes_every=revive_dead_codes_every)
 
 
 def _train_fields(train_config):

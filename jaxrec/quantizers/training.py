@@ -112,7 +112,7 @@ def make_optimizer(config: TokenizerTrainConfig) -> optax.GradientTransformation
   return optax.adamw(warmup_cosine(config), weight_decay=config.weight_decay)
 
 
-def _with_codebooks(params, codebooks):
+def with_codebooks(params, codebooks):
   return {**params, "quantizer": {**params["quantizer"], "codebooks": codebooks}}
 
 
@@ -123,14 +123,37 @@ def make_rqvae_train_step(model: rqvae.RqVae, optimizer: optax.GradientTransform
   batch: {"x": [batch, input_dim]} plus "targets": [batch, t] when alignment_weight > 0.
   rng: the step's key (dropout and dead-code revival).
   """
-  cfg = model.config
+  def forward(params, batch, dropout_rng):
+    return model.apply({"params": params}, batch["x"], batch.get("targets"),
+                       deterministic=False, rngs={"dropout": dropout_rng})
+  return make_quantizer_train_step(forward, model.config, optimizer,
+                                   revive_dead_codes_every=revive_dead_codes_every)
+
+
+def make_quantizer_train_step(forward: Callable, config: rqvae.RqVaeConfig,
+                              optimizer: optax.GradientTransformation, *,
+                              revive_dead_codes_every: int = 0) -> Callable:
+  """The training step of any model with a residual quantizer at params["quantizer"].
+
+  Args:
+    forward: `forward(params, batch, dropout_rng) -> out` with out.losses (a dict with
+      "total"), out.residuals [batch, L, d], out.codes [batch, L] and out.usage (the
+      `rqvae.RqVaeOutput` fields).
+    config: the quantizer's settings (num_levels, use_ema, ema_decay, ema_epsilon).
+    optimizer: the optax transformation.
+    revive_dead_codes_every: re-seed codes unused for this many steps (0: never).
+
+  Returns:
+    `step(state, batch, rng) -> (state, metrics)` over an `RqVaeTrainState`: a gradient
+    step, EMA codebook updates when `use_ema`, unused-step counts, dead-code revival.
+  """
+  cfg = config
 
   def step(state: RqVaeTrainState, batch: dict, rng: jax.Array):
     dropout_rng, revive_rng = jax.random.split(rng)
 
     def loss_fn(params):
-      out = model.apply({"params": params}, batch["x"], batch.get("targets"),
-                        deterministic=False, rngs={"dropout": dropout_rng})
+      out = forward(params, batch, dropout_rng)
       return out.losses["total"], out
 
     grads, out = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -148,7 +171,7 @@ def make_rqvae_train_step(model: rqvae.RqVae, optimizer: optax.GradientTransform
       unused = jnp.where(revived, 0, unused)
       ema = vq.EmaState(jnp.where(revived, 1.0, ema.cluster_size),
                         jnp.where(revived[..., None], codebooks, ema.embed_sum))
-    new_state = state.replace(step=state.step + 1, params=_with_codebooks(params, codebooks),
+    new_state = state.replace(step=state.step + 1, params=with_codebooks(params, codebooks),
                               opt_state=opt_state, ema=ema, unused_steps=unused)
     metrics = {"loss": out.losses["total"], **{k: v for k, v in out.losses.items()
                                                if k != "total"}, **out.usage}
@@ -174,7 +197,7 @@ def _check_inputs(embeddings, model_config, align_targets):
   return x, targets
 
 
-def _batch_indices(data_key, step, num_items: int, batch_size: int) -> jax.Array:
+def batch_indices(data_key, step, num_items: int, batch_size: int) -> jax.Array:
   """[min(batch_size, n)] int32 items of a step: a fixed function of (seed, step)."""
   if batch_size >= num_items:
     return jnp.arange(num_items, dtype=jnp.int32)
@@ -217,12 +240,12 @@ def _make_init_fn(model_config, train_config, num_items):
     params = nn.meta.unbox(variables)["params"]
     if train_config.kmeans_init:
       size = min(num_items, max(train_config.batch_size, num_codes))
-      idx = _batch_indices(jax.random.fold_in(key, _DATA), 0, num_items, size)
+      idx = batch_indices(jax.random.fold_in(key, _DATA), 0, num_items, size)
       latents = model.apply({"params": params}, x[idx], method=rqvae.RqVae.encode)
       fitted = rqkmeans.residual_kmeans(latents, num_levels, num_codes,
                                         train_config.kmeans_iters,
                                         jax.random.fold_in(key, _KMEANS), check_unique=False)
-      params = _with_codebooks(params, fitted.codebooks)
+      params = with_codebooks(params, fitted.codebooks)
     codebooks = params["quantizer"]["codebooks"]
     return RqVaeTrainState(step=jnp.zeros((), jnp.int32), params=params,
                            opt_state=optimizer.init(params), ema=vq.ema_init(codebooks),
@@ -243,7 +266,7 @@ def _compiled(model_config, train_config, num_items):
 def _compiled_cached(model_config, train_config, num_items):
   step = make_rqvae_train_step(rqvae.RqVae(model_config), make_optimizer(train_config),
                                revive_dead_codes_every=train_config.revive_dead_codes_every)
-  batch_fn = functools.partial(_batch_indices, num_items=num_items,
+  batch_fn = functools.partial(batch_indices, num_items=num_items,
                                batch_size=train_config.batch_size)
   return jax.jit(step), jax.jit(batch_fn)
 

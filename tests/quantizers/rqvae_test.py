@@ -109,7 +109,7 @@ def collapsed_state(config, train_config, x):
   codebooks = spread * dirs / jnp.linalg.norm(dirs, axis=-1, keepdims=True)
   codebooks = codebooks.at[0].add(z.mean(0)).at[:, 0].set(jnp.stack([z.mean(0), 0 * z[0]]))
   # Adam's state at step 0 does not depend on the values: keep it.
-  return state.replace(params=training._with_codebooks(state.params, codebooks))
+  return state.replace(params=training.with_codebooks(state.params, codebooks))
 
 
 def test_diversity_loss_spreads_a_collapsed_codebook():

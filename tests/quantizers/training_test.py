@@ -29,7 +29,7 @@ def test_kmeans_init_fits_the_first_batch_latents():
   state = training.init_rqvae_state(x, TINY, FAST)
   chex.assert_shape(state.params["quantizer"]["codebooks"], (2, 8, 8))
   assert int(state.step) == 0
-  idx = training._batch_indices(jax.random.fold_in(jax.random.PRNGKey(FAST.seed), 1), 0,
+  idx = training.batch_indices(jax.random.fold_in(jax.random.PRNGKey(FAST.seed), 1), 0,
                                 512, 128)
   latents = rqvae.make_encode_fn(TINY)(state.params, jnp.asarray(x)[idx])
   expected = rqkmeans.residual_kmeans(latents, 2, 8, FAST.kmeans_iters,
