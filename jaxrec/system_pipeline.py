@@ -179,12 +179,13 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
                             settings=resumable, progress=progress, index=index()))
     features["collab"] = path
 
-  ids_dir = os.path.join(workdir, "semantic_ids")
-  ids_path = os.path.join(ids_dir, "semantic_ids.npy")
   ids_passed = {"dataset": dataset, "modalities": used}
   ids_config = stage_config(semantic_ids_job, ids_passed)
   ids_fp = _hash({"features": {k: sha256_file(p) for k, p in sorted(features.items())},
                   "config": ids_config})
+  # Cached too: ablations that change only the generator share their system's IDs.
+  ids_dir, ids_base = _stage_folder(workdir, feature_cache, "semantic_ids", ids_fp)
+  ids_path = os.path.join(ids_dir, "semantic_ids.npy")
 
   def build_ids():
     semantic_ids_job(workdir=ids_dir, features=dict(features), progress=progress,
@@ -192,7 +193,7 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
     out = [ids_path, os.path.join(ids_dir, "tokenizer_stats.json")]
     sidecar = os.path.join(ids_dir, "modalities.json")
     return out + ([sidecar] if os.path.isfile(sidecar) else [])
-  stages.append(run_stage(workdir, "semantic_ids", ids_dir, ids_fp, ids_config, build_ids,
+  stages.append(run_stage(ids_base, "semantic_ids", ids_dir, ids_fp, ids_config, build_ids,
                           progress=progress, index=index()))
 
   more, train_summary = generator_stages(workdir, dataset, ids_path, train_job, eval_job,

@@ -71,6 +71,11 @@ def _run(files, workdir, cache, extra=()):
   return summary
 
 
+def _ids_dir(summary):
+  """The semantic-ID stage folder (in the feature cache)."""
+  return pathlib.Path(summary["stages"]["semantic_ids"]["artifacts"]["semantic_ids.npy"]).parent
+
+
 def _check_metrics(workdir, summary):
   metrics = json.loads((workdir / "generator" / "eval" / "test_metrics.json").read_text())
   assert metrics["num_examples"] == 80 and metrics["found_rate"] == 1.0
@@ -85,11 +90,15 @@ def test_letter_aligns_the_text_ids_with_sasrec(tmp_path, cache):
   assert summary["system"] == "LETTER" and summary["modalities"] == ["text", "collab"]
   assert set(summary["stages"]) == {"embeddings", "collaborative", "semantic_ids", "generator",
                                     "evaluation"}
-  stats = json.loads((tmp_path / "semantic_ids" / "tokenizer_stats.json").read_text())
+  stats = json.loads((_ids_dir(summary) / "tokenizer_stats.json").read_text())
   assert stats["align_targets"].endswith("item_embeddings.npy")
   assert stats["collision_strategy"] == "sinkhorn" and stats["after"]["collision_rate"] == 0
   assert np.load(summary["features"]["collab"]).shape == (60, 16)
   _check_metrics(tmp_path, summary)
+  # The same configuration again: every stage is skipped (the features and IDs from the cache).
+  again = _run(["gin_configs/papers/letter.gin", DATA], tmp_path, cache, SASREC)
+  assert {s["status"] for s in again["stages"].values()} == {"skipped"}
+  assert again["metrics"] == summary["metrics"]
 
 
 def _fused_tiny(scope):
@@ -119,7 +128,7 @@ def test_cemg_fuses_text_image_and_lightgcn(tmp_path, cache):
                                      "semantic_ids", "generator", "evaluation"]
   image = np.load(summary["features"]["image"])
   assert image.shape == (60, 1280) and np.abs(image).sum(1).min() > 0  # Every item has one.
-  stats = json.loads((tmp_path / "semantic_ids" / "tokenizer_stats.json").read_text())
+  stats = json.loads((_ids_dir(summary) / "tokenizer_stats.json").read_text())
   assert stats["method"] == "cemg" and stats["use_collab"] is True
   assert stats["after"]["collision_rate"] == 0
   _check_metrics(tmp_path, summary)
@@ -128,7 +137,7 @@ def test_cemg_fuses_text_image_and_lightgcn(tmp_path, cache):
 def test_musicrec_shared_specific_with_guidance(tmp_path, cache):
   summary = _run(["gin_configs/papers/musicrec.gin", DATA], tmp_path, cache, MUSICREC)
   assert summary["system"] == "MusicRec" and summary["modalities"] == ["text", "image", "collab"]
-  stats = json.loads((tmp_path / "semantic_ids" / "tokenizer_stats.json").read_text())
+  stats = json.loads((_ids_dir(summary) / "tokenizer_stats.json").read_text())
   assert stats["method"] == "musicrec" and stats["use_collab"] is True
   _check_metrics(tmp_path, summary)
 
@@ -138,7 +147,7 @@ def test_cemg_without_collab_trains_no_collaborative_model(tmp_path, cache):
   summary = _run(["gin_configs/ablations/cemg/without_collab.gin", DATA], tmp_path, cache,
                  CEMG)
   assert summary["system"] == "CEMG w/o collab" and "collaborative" not in summary["stages"]
-  stats = json.loads((tmp_path / "semantic_ids" / "tokenizer_stats.json").read_text())
+  stats = json.loads((_ids_dir(summary) / "tokenizer_stats.json").read_text())
   assert stats["use_collab"] is False
   _check_metrics(tmp_path, summary)
 
@@ -174,8 +183,8 @@ def test_mscgrec_generates_collaborative_codes_from_all_modalities(tmp_path, cac
   summary = _run(["gin_configs/papers/mscgrec.gin", DATA], tmp_path, cache, MSCGREC)
   assert summary["system"] == "MSCGRec" and summary["modalities"] == ["text", "image", "collab"]
   assert "image_features" not in summary["stages"]  # DINO-RQ reads the images itself.
-  ids = np.load(tmp_path / "semantic_ids" / "semantic_ids.npy")
-  sidecar = json.loads((tmp_path / "semantic_ids" / "modalities.json").read_text())
+  ids = np.load(_ids_dir(summary) / "semantic_ids.npy")
+  sidecar = json.loads((_ids_dir(summary) / "modalities.json").read_text())
   segments = {m["name"]: (m["start"], m["end"]) for m in sidecar["modalities"]}
   assert list(segments) == ["text", "image", "collab"] and segments["collab"][1] == ids.shape[1]
   for start, end in segments.values():  # Each modality alone names every item.
