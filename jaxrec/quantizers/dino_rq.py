@@ -41,7 +41,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 
 from jaxrec.data.errors import DataError
 from jaxrec.encoders import augment, vit
@@ -479,19 +478,10 @@ def fit_dino_rq(images, config: DinoRqConfig, train_config: DinoRqTrainConfig, *
   start = int(state.step)
   stop = train_config.num_steps if until_step is None else min(until_step,
                                                                train_config.num_steps)
-  history = training.FitHistory(metrics=[])
-  with tqdm.tqdm(total=stop, initial=start, disable=not progress, desc="dino-rq") as bar:
-    for step in range(start, stop):
-      batch = images_dev[batch_fn(data_key, step)]
-      state, metrics = step_fn(state, batch, jax.random.fold_in(step_key, step))
-      if on_step is not None:
-        on_step(step + 1, state, metrics)
-      if (step + 1) % max(train_config.log_every, 1) == 0 or step + 1 == stop:
-        entry = {"step": step + 1, **{k: np.asarray(v).tolist()
-                                      for k, v in jax.device_get(metrics).items()}}
-        history.metrics.append(entry)
-        bar.set_postfix(loss=f"{entry['loss']:.4f}", dino=f"{entry['dino']:.3f}")
-      bar.update(1)
+  state, history = training.run_steps(
+      state, step_fn, lambda step: images_dev[batch_fn(data_key, step)], step_key, start, stop,
+      train_config.log_every, on_step, progress, "dino-rq",
+      postfix=lambda e: {"loss": f"{e['loss']:.4f}", "dino": f"{e['dino']:.3f}"})
   if compute_codes:
     history.tokens = dino_rq_tokens(state, images, config)
   return state, history

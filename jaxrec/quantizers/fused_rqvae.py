@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 
 from jaxrec.encoders import fusion
 from jaxrec.quantizers import rqkmeans, rqvae, vq
@@ -331,21 +330,9 @@ def fit(data: dict, config: FusedRqVaeConfig, train_config: qtraining.TokenizerT
   start = int(state.step)
   stop = train_config.num_steps if until_step is None else min(until_step,
                                                                train_config.num_steps)
-  history = qtraining.FitHistory(metrics=[])
-  with tqdm.tqdm(total=stop, initial=start, disable=not progress,
-                 desc=f"{config.method} fusion + rq-vae") as bar:
-    for step in range(start, stop):
-      batch = batch_fn(device_data, data_key, step)
-      state, metrics = step_fn(state, batch, jax.random.fold_in(step_key, step))
-      if on_step is not None:
-        on_step(step + 1, state, metrics)
-      if (step + 1) % max(train_config.log_every, 1) == 0 or step + 1 == stop:
-        entry = {"step": step + 1, **{k: np.asarray(v).tolist()
-                                      for k, v in jax.device_get(metrics).items()}}
-        history.metrics.append(entry)
-        bar.set_postfix(loss=f"{entry['loss']:.4f}")
-      bar.update(1)
-  return state, history
+  return qtraining.run_steps(state, step_fn, lambda step: batch_fn(device_data, data_key, step),
+                             step_key, start, stop, train_config.log_every, on_step,
+                             progress, f"{config.method} fusion + rq-vae")
 
 
 @functools.lru_cache(maxsize=8)

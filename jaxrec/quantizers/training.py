@@ -304,24 +304,45 @@ def fit_rqvae(embeddings, model_config: rqvae.RqVaeConfig, train_config: Tokeniz
   start = int(state.step)
   stop = train_config.num_steps if until_step is None else min(until_step,
                                                                train_config.num_steps)
+
+  def make_batch(step):
+    idx = batch_fn(data_key, step)
+    batch = {"x": x_dev[idx]}
+    if t_dev is not None:
+      batch["targets"] = t_dev[idx]
+    return batch
+
+  state, history = run_steps(state, step_fn, make_batch, step_key, start, stop,
+                             train_config.log_every, on_step, progress, "rq-vae")
+  if compute_codes:
+    history.tokens = rqvae_tokens(x, model_config, state.params)
+  return state, history
+
+
+def run_steps(state, step_fn: Callable, make_batch: Callable, step_key: jax.Array, start: int,
+              stop: int, log_every: int, on_step: Optional[Callable] = None,
+              progress: bool = True, desc: str = "fit",
+              postfix: Callable[[dict], dict] = lambda e: {"loss": f"{e['loss']:.4f}"}):
+  """The resumable fit loop of the tokenizers: steps [start, stop) with a progress bar.
+
+  Step s runs `step_fn(state, make_batch(s), fold_in(step_key, s))`, so batches and keys
+  depend on (seed, step) only and a resumed fit repeats an uninterrupted one.
+
+  Returns:
+    (state, FitHistory): metrics {"step", ...} every `log_every` steps and at the end.
+  """
   history = FitHistory(metrics=[])
-  with tqdm.tqdm(total=stop, initial=start, disable=not progress, desc="rq-vae") as bar:
+  with tqdm.tqdm(total=stop, initial=start, disable=not progress, desc=desc) as bar:
     for step in range(start, stop):
-      idx = batch_fn(data_key, step)
-      batch = {"x": x_dev[idx]}
-      if t_dev is not None:
-        batch["targets"] = t_dev[idx]
-      state, metrics = step_fn(state, batch, jax.random.fold_in(step_key, step))
+      state, metrics = step_fn(state, make_batch(step), jax.random.fold_in(step_key, step))
       if on_step is not None:
         on_step(step + 1, state, metrics)
-      if (step + 1) % max(train_config.log_every, 1) == 0 or step + 1 == stop:
+      if (step + 1) % max(log_every, 1) == 0 or step + 1 == stop:
         entry = {"step": step + 1, **{k: np.asarray(v).tolist()
                                       for k, v in jax.device_get(metrics).items()}}
         history.metrics.append(entry)
-        bar.set_postfix(loss=f"{entry['loss']:.4f}")
+        bar.set_postfix(**postfix(entry))
       bar.update(1)
-  if compute_codes:
-    history.tokens = rqvae_tokens(x, model_config, state.params)
   return state, history
 
 
