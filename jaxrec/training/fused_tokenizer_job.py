@@ -181,15 +181,8 @@ def build_fused_semantic_ids(
     stats["attention_weight_mean"] = {
         m: float(mean[present[m], i].mean()) for i, m in enumerate(content)}
   stats = json.loads(json.dumps(stats))  # tuples -> lists: as tokenizer_stats.json reads back
-  files.save_npy(ids_path, ids)
-  tokenizer_job.plot_usage(
-      tokens.codes, rq.codebook_size, os.path.join(workdir, "codebook_usage.png"),
-      title=f"{method} ({'+'.join(used)}): {n:,} items, collision rate "
-            f"{before['collision_rate']:.3f} before {job.collision}")
-  files.write_json(stats_path, stats, default=None)
-  if progress:
-    print(f"{n:,} items -> IDs of length {ids.shape[1]} in {stats['total_seconds']:.1f}s; "
-          f"{tokenizer_job.collision_summary(stats)}")
+  tokenizer_job.save_artifacts(workdir, ids, tokens.codes, rq.codebook_size, stats,
+                               f"{method} ({'+'.join(used)})", job.collision, progress)
   return stats
 
 

@@ -216,15 +216,33 @@ def build_semantic_ids(workdir: str, embeddings_path: str,
     stats["reference"] = {"path": os.path.abspath(reference_ids_path),
                           **semantic_ids.collision_stats(read_reference_ids(reference_ids_path),
                                                          model_config.codebook_size)}
-  files.save_npy(ids_path, ids)
-  plot_usage(tokens.codes, model_config.codebook_size, os.path.join(workdir, "codebook_usage.png"),
-             title=f"{job.method}: {len(x):,} items, collision rate "
-                   f"{stats['before']['collision_rate']:.3f} before {job.collision}")
-  files.write_json(stats_path, stats, default=None)
-  if progress:
-    print(f"{len(x):,} items -> IDs of length {ids.shape[1]} in {stats['total_seconds']:.1f}s; "
-          f"{collision_summary(stats)}")
+  save_artifacts(workdir, ids, tokens.codes, model_config.codebook_size, stats, job.method,
+                 job.collision, progress)
   return stats
+
+
+def save_artifacts(workdir: str, ids: np.ndarray, codes: np.ndarray, codebook_size: int,
+                   stats: dict, label: str, collision: str, progress: bool = True) -> None:
+  """Writes a tokenizer's semantic_ids.npy, codebook_usage.png and tokenizer_stats.json (last).
+
+  Args:
+    workdir: the job folder.
+    ids: [num_items, L'] int32 IDs after collision resolution.
+    codes: [num_items, L] int32 codes before it (for the usage plot).
+    codebook_size: K.
+    stats: the stats dict (needs "before" and "after" collision stats, "total_seconds").
+    label: the method, for the plot title.
+    collision: the collision strategy, for the plot title.
+    progress: print a summary line.
+  """
+  files.save_npy(os.path.join(workdir, "semantic_ids.npy"), ids)
+  plot_usage(codes, codebook_size, os.path.join(workdir, "codebook_usage.png"),
+             title=f"{label}: {len(ids):,} items, collision rate "
+                   f"{stats['before']['collision_rate']:.3f} before {collision}")
+  files.write_json(os.path.join(workdir, "tokenizer_stats.json"), stats, default=None)
+  if progress:
+    print(f"{len(ids):,} items -> IDs of length {ids.shape[1]} in "
+          f"{stats['total_seconds']:.1f}s; {collision_summary(stats)}")
 
 
 def build_semantic_ids_from_features(
