@@ -13,7 +13,9 @@ LETTER, CEMG, MusicRec and MSCGRec are this job with different modalities and ID
 the same inputs and configuration (`end_to_end.run_stage`); with `feature_cache`, the
 feature stages (text, image, collaborative) live in `<feature_cache>/<stage>-<fingerprint>`
 and are shared by every run that needs the same features (an ablation sweep trains SASRec
-once). Runs sharing a cache must not build the same feature stage at the same time.
+once). A cached stage is built under a lock (`<folder>.lock`, released when its process
+ends, even by a crash): a run that needs a stage another run is building waits for it and
+then reuses it, so parallel sweeps (`--max_parallel=2`) may share one cache.
 
 Missing modalities: a dataset without images (Beauty, Sports, Yelp: `HAS_IMAGES = False` in
 their data gin files) drops "image" from the modalities; the summary and results.md say so
@@ -22,9 +24,12 @@ their data gin files) drops "image" from the modalities; the summary and results
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
+
+import filelock
 
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
@@ -46,6 +51,36 @@ def _stage_folder(workdir: str, cache: Optional[str], name: str, fp: str) -> tup
   if cache:
     return os.path.join(cache, f"{name}-{fp}"), cache
   return os.path.join(workdir, name), workdir
+
+
+@contextlib.contextmanager
+def stage_lock(folder: str, label: str = "", progress: bool = True,
+               poll_seconds: float = 5.0) -> Iterator[None]:
+  """Holds `<folder>.lock` (an OS file lock) while a shared stage folder is checked and built.
+
+  Another process (or thread) holding it makes this wait, saying so once; the OS
+  releases the lock when its holder exits, so a crashed run never blocks the next.
+  """
+  lock = filelock.FileLock(folder + ".lock", thread_local=False)
+  try:
+    lock.acquire(timeout=0)
+  except filelock.Timeout:
+    if progress:
+      print(f"{label}waiting for another run building {folder} ...", flush=True)
+    lock.acquire(poll_interval=poll_seconds)
+  try:
+    yield
+  finally:
+    lock.release()
+
+
+def _run_stage(cache: Optional[str], base: str, name: str, folder: str, *args,
+               index: str = "", progress: bool = True, **kwargs):
+  """end_to_end.run_stage; under `stage_lock` when the folder is in the shared cache."""
+  if not cache:
+    return run_stage(base, name, folder, *args, index=index, progress=progress, **kwargs)
+  with stage_lock(folder, f"{index} {name}: ", progress):
+    return run_stage(base, name, folder, *args, index=index, progress=progress, **kwargs)
 
 
 def _effective_modalities(modalities: Sequence[str], has_images: bool) -> tuple:
@@ -137,7 +172,7 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
       item_job.encode_items(path, dataset, encoder=text_encoder, batch_size=encoder_batch_size,
                             max_length=encoder_max_length, progress=progress)
       return [path, item_job.sidecar_path(path)]
-    stages.append(run_stage(base, "embeddings", folder, fp, {
+    stages.append(_run_stage(feature_cache, base, "embeddings", folder, fp, {
         "dataset": canonical(dataset), "encoder": text_encoder,
         "max_length": encoder_max_length}, encode, keep_old=False, progress=progress,
         index=index()))
@@ -152,7 +187,7 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
     def encode_images(path=path):
       image_job.encode_images(path, dataset, encoder=image_encoder, progress=progress)
       return [path, item_job.sidecar_path(path)]
-    stages.append(run_stage(base, "image_features", folder, fp, {
+    stages.append(_run_stage(feature_cache, base, "image_features", folder, fp, {
         "dataset": canonical(dataset), "encoder": image_encoder}, encode_images,
         keep_old=False, progress=progress, index=index()))
     features["image"] = path
@@ -175,8 +210,9 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
                         fix="bind a job that exports <workdir>/item_embeddings.npy "
                             "(run_sasrec / run_lightgcn with export=True).")
       return [path, item_job.sidecar_path(path)]
-    stages.append(run_stage(base, "collaborative", folder, fp, config, train_collaborative,
-                            settings=resumable, progress=progress, index=index()))
+    stages.append(_run_stage(feature_cache, base, "collaborative", folder, fp, config,
+                             train_collaborative, settings=resumable, progress=progress,
+                             index=index()))
     features["collab"] = path
 
   ids_passed = {"dataset": dataset, "modalities": used}
@@ -193,8 +229,8 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
     out = [ids_path, os.path.join(ids_dir, "tokenizer_stats.json")]
     sidecar = os.path.join(ids_dir, "modalities.json")
     return out + ([sidecar] if os.path.isfile(sidecar) else [])
-  stages.append(run_stage(ids_base, "semantic_ids", ids_dir, ids_fp, ids_config, build_ids,
-                          progress=progress, index=index()))
+  stages.append(_run_stage(feature_cache, ids_base, "semantic_ids", ids_dir, ids_fp, ids_config,
+                           build_ids, progress=progress, index=index()))
 
   more, train_summary = generator_stages(workdir, dataset, ids_path, train_job, eval_job,
                                          progress, numbering=(len(stages) + 1, total))

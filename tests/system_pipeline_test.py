@@ -222,3 +222,27 @@ def test_every_ablation_changes_its_paper_config_and_says_why(path):
   paper["run"]["system"] = ablation["run"]["system"]
   assert {k for k in ("run", "generator", "ids") if ablation[k] != paper[k]}, (
       f"{path} changes nothing but the name ({changed})")
+
+
+def test_a_cached_stage_another_run_is_building_is_waited_for(tmp_path, capsys):
+  """Two runs sharing a FEATURE_CACHE: the second waits on the stage lock, then goes on."""
+  import threading
+  folder = str(tmp_path / "collaborative-abc")
+  order = []
+  with system_pipeline.stage_lock(folder, progress=False):
+    waiter = threading.Thread(target=lambda: _enter(folder, order))
+    waiter.start()
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive() and order == []  # blocked while the first run builds
+    order.append("first done")
+  waiter.join(timeout=10)
+  assert not waiter.is_alive()
+  assert order == ["first done", "second entered"]
+  assert f"waiting for another run building {folder}" in capsys.readouterr().out
+  with system_pipeline.stage_lock(folder, progress=False):  # released again
+    pass
+
+
+def _enter(folder, order):
+  with system_pipeline.stage_lock(folder, label="[2/5] collaborative: ", poll_seconds=0.05):
+    order.append("second entered")
