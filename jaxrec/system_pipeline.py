@@ -77,9 +77,7 @@ def stage_lock(folder: str, label: str = "", progress: bool = True,
 def _run_stage(cache: Optional[str], base: str, name: str, folder: str, *args,
                index: str = "", progress: bool = True, **kwargs):
   """end_to_end.run_stage; under `stage_lock` when the folder is in the shared cache."""
-  if not cache:
-    return run_stage(base, name, folder, *args, index=index, progress=progress, **kwargs)
-  with stage_lock(folder, f"{index} {name}: ", progress):
+  with stage_lock(folder, f"{index} {name}: ", progress) if cache else contextlib.nullcontext():
     return run_stage(base, name, folder, *args, index=index, progress=progress, **kwargs)
 
 

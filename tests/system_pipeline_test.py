@@ -3,6 +3,7 @@
 
 import json
 import pathlib
+import threading
 
 import numpy as np
 import pytest
@@ -226,7 +227,6 @@ def test_every_ablation_changes_its_paper_config_and_says_why(path):
 
 def test_a_cached_stage_another_run_is_building_is_waited_for(tmp_path, capsys):
   """Two runs sharing a FEATURE_CACHE: the second waits on the stage lock, then goes on."""
-  import threading
   folder = str(tmp_path / "collaborative-abc")
   order = []
   with system_pipeline.stage_lock(folder, progress=False):
