@@ -287,13 +287,13 @@ def run_generative(workdir: str, dataset: DatasetConfig = DatasetConfig(),
 
   # 2. Embeddings -> semantic IDs.
   ids_dir = os.path.join(workdir, "semantic_ids")
-  ids_path = os.path.join(ids_dir, "semantic_ids.npy")
+  ids_path, ids_stats_path = tokenizer_job.artifact_paths(ids_dir)
   ids_config = stage_config(semantic_ids_job, {})
   ids_fp = _hash({"embeddings": sha256_file(emb_path), "config": ids_config})
 
   def build_ids():
     semantic_ids_job(workdir=ids_dir, embeddings_path=emb_path, progress=progress)
-    return [ids_path, os.path.join(ids_dir, "tokenizer_stats.json")]
+    return [ids_path, ids_stats_path]
   stages.append(run_stage(workdir, "semantic_ids", ids_dir, ids_fp, ids_config, build_ids,
                           progress=progress))
 

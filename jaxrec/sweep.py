@@ -470,8 +470,8 @@ def collect(results: Sequence[RunResult]) -> List[dict]:
   """The metrics JSONs under each run folder: one record per (run, model, seed, split).
 
   A record: run, seed, model, split, dataset, path, metrics (the JSON's "metrics":
-  {slice: {name: {mean, ci_low, ci_high, n}}}), status, seconds, returncode, error,
-  run_dir. A run without metrics files gives one record with model/split None.
+  {slice: {name: {mean, ci_low, ci_high, n}}}), status, seconds, train_seconds (see
+  `training_seconds`), returncode, error, run_dir. A run without metrics files gives one record with model/split None.
   `superseded/` folders (older stage configurations) and the folders of other runs
   below a run's (a folder with a log.txt or sweep_done.json) are skipped.
   """
@@ -479,7 +479,8 @@ def collect(results: Sequence[RunResult]) -> List[dict]:
   for result in results:
     run = result.run
     base = dict(run=run.name, seed=run.seed, status=result.status, seconds=result.seconds,
-                returncode=result.returncode, error=result.error, run_dir=run.run_dir)
+                train_seconds=training_seconds(run.run_dir), returncode=result.returncode,
+                error=result.error, run_dir=run.run_dir)
     found = []
     for split in SPLITS:
       for path in sorted(glob.glob(os.path.join(run.run_dir, "**", f"{split}_metrics.json"),
@@ -502,6 +503,26 @@ def collect(results: Sequence[RunResult]) -> List[dict]:
     records += found or [dict(base, model=None, split=None, dataset=None, path=None,
                               metrics={})]
   return records
+
+
+def training_seconds(run_dir: str) -> Optional[float]:
+  """Seconds to train what a run evaluates, cached stages included; None if it says nothing.
+
+  A pipeline run (`pipeline_summary.json`): the sum of its stages' `build_seconds` but the
+  evaluation's, so a stage reused from a feature cache counts with the time it took to build
+  (the run's own wall time, `seconds`, leaves it out). A single training job
+  (`train_summary.json`, e.g. SASRec or LightGCN): its `seconds`.
+  """
+  summary = files.read_json(os.path.join(run_dir, "pipeline_summary.json"))
+  if isinstance(summary, dict) and isinstance(summary.get("stages"), dict):
+    times = [s.get("build_seconds") for name, s in summary["stages"].items()
+             if name != "evaluation" and isinstance(s, dict)]
+    if times and all(isinstance(t, (int, float)) for t in times):
+      return float(sum(times))
+  summary = files.read_json(os.path.join(run_dir, "train_summary.json"))
+  if isinstance(summary, dict) and isinstance(summary.get("seconds"), (int, float)):
+    return float(summary["seconds"])
+  return None
 
 
 def _in_other_run(run_dir: str, rel: pathlib.Path) -> bool:
@@ -533,6 +554,7 @@ def summarize(records: Sequence[dict], metrics: Sequence[str] = DEFAULT_METRICS,
 
   Returns:
     Rows: run, model, dataset, seeds, status, seconds (mean run time per seed),
+    train_seconds (mean `training_seconds` per seed, None if no seed has it),
     error, and metrics {name: {mean, low, high, interval, values}}: with one seed
     the run's bootstrap CI ("bootstrap"), with more the t-interval of the mean over
     seeds ("t over N seeds"); per_seed: the records' rows (metrics with their CIs).
@@ -545,7 +567,7 @@ def summarize(records: Sequence[dict], metrics: Sequence[str] = DEFAULT_METRICS,
   rows = []
   for (run, model), group in groups.items():
     per_seed = [dict(seed=r["seed"], status=r["status"], seconds=r["seconds"],
-                     error=r["error"], returncode=r["returncode"], run_dir=r["run_dir"],
+                     train_seconds=r.get("train_seconds"), error=r["error"], returncode=r["returncode"], run_dir=r["run_dir"],
                      metrics={m: _single(metric_value(r["metrics"], m)) for m in metrics})
                 for r in group]
     aggregated = {}
@@ -561,12 +583,14 @@ def summarize(records: Sequence[dict], metrics: Sequence[str] = DEFAULT_METRICS,
                              interval=f"t over {len(values)} seeds",
                              values=[v["mean"] for v in values])
     seconds = [s["seconds"] for s in per_seed if s["seconds"] is not None]
+    train = [s["train_seconds"] for s in per_seed if s["train_seconds"] is not None]
     statuses = sorted({s["status"] for s in per_seed}, key=STATUSES.index)
     rows.append(dict(
         run=run, model=model, split=split, dataset=next((r["dataset"] for r in group
                                                          if r["dataset"]), None),
         seeds=[s["seed"] for s in per_seed if s["seed"] is not None],
         status="/".join(statuses), seconds=float(np.mean(seconds)) if seconds else None,
+        train_seconds=float(np.mean(train)) if train else None,
         error="\n".join(s["error"] for s in per_seed if s["error"]),
         metrics=aggregated, per_seed=per_seed))
   return rows

@@ -42,6 +42,14 @@ def _fmt(value: Optional[dict]) -> str:
   return f"{value['mean']:.4f} ({value['low']:.4f}-{value['high']:.4f})"
 
 
+def _seconds(value: Optional[float]) -> str:
+  return "-" if value is None else f"{value:.1f}"
+
+
+def _minutes(value: Optional[float]) -> str:
+  return "-" if value is None else f"{value / 60:.1f}"
+
+
 def _cell(text) -> str:
   return str(text).replace("|", "\\|").replace("\n", " / ")
 
@@ -58,25 +66,29 @@ def markdown(rows: Sequence[dict], metrics: Sequence[str], split: str) -> str:
   """sweep_results.md: the aggregated table, the per-seed rows of runs with seeds, failures."""
   lines = [f"# Sweep results ({split} split)", "",
            "Mean (95% interval): with one seed the run's bootstrap CI, with several the "
-           "t-interval of the mean over seeds. Run time: seconds per run (mean over seeds).", "",
+           "t-interval of the mean over seeds. Run time: seconds this sweep spent on the run "
+           "(mean over seeds; stages reused from a cache cost nothing). Training: minutes to "
+           "build what the run evaluates, every stage but the evaluation, cached ones with "
+           "their own build time (pipeline_summary.json or train_summary.json).", "",
            "| run | model | dataset | seeds | " + " | ".join(metrics)
-           + " | run time (s) | status |",
-           "|---" * (len(metrics) + 6) + "|"]
+           + " | run time (s) | training (min) | status |",
+           "|---" * (len(metrics) + 7) + "|"]
   for r in rows:
-    seconds = "-" if r["seconds"] is None else f"{r['seconds']:.1f}"
     lines.append("| " + " | ".join(_cell(c) for c in (
         r["run"], r["model"] or "-", r["dataset"] or "-", len(r["seeds"]) or 1,
-        *(_fmt(r["metrics"][m]) for m in metrics), seconds, _status(r))) + " |")
+        *(_fmt(r["metrics"][m]) for m in metrics), _seconds(r["seconds"]),
+        _minutes(r["train_seconds"]), _status(r))) + " |")
   if any(len(r["seeds"]) > 1 for r in rows):
     lines += ["", "## Per seed", "",
-              "| run | model | seed | " + " | ".join(metrics) + " | run time (s) | status |",
-              "|---" * (len(metrics) + 5) + "|"]
+              "| run | model | seed | " + " | ".join(metrics)
+              + " | run time (s) | training (min) | status |",
+              "|---" * (len(metrics) + 6) + "|"]
     for r in (r for r in rows if len(r["per_seed"]) > 1):
       for s in r["per_seed"]:
-        seconds = "-" if s["seconds"] is None else f"{s['seconds']:.1f}"
         lines.append("| " + " | ".join(_cell(c) for c in (
             r["run"], r["model"] or "-", "-" if s["seed"] is None else s["seed"],
-            *(_fmt(s["metrics"][m]) for m in metrics), seconds, s["status"])) + " |")
+            *(_fmt(s["metrics"][m]) for m in metrics), _seconds(s["seconds"]),
+            _minutes(s["train_seconds"]), s["status"])) + " |")
   failed = {s["run_dir"]: (r["run"], s) for r in rows for s in r["per_seed"]
             if s["status"] == "failed"}
   lines += ["", "## Failed runs"] * bool(failed)
@@ -94,7 +106,10 @@ def to_csv(rows: Sequence[dict], metrics: Sequence[str]) -> str:
   writer = csv.writer(out, lineterminator="\n")
   writer.writerow(["run", "model", "dataset", "split", "seed", "interval"]
                   + [f"{m}{suffix}" for m in metrics for suffix in ("", "_low", "_high")]
-                  + ["seconds", "status", "error", "run_dir"])
+                  + ["seconds", "train_seconds", "status", "error", "run_dir"])
+
+  def rounded(value):
+    return "" if value is None else round(value, 3)
 
   def values(by_metric):
     return [("" if (v := by_metric[m]) is None or v.get(k) is None else repr(v[k]))
@@ -106,13 +121,13 @@ def to_csv(rows: Sequence[dict], metrics: Sequence[str]) -> str:
       writer.writerow([r["run"], r["model"] or "", r["dataset"] or "", split,
                        "" if s["seed"] is None else s["seed"],
                        "bootstrap" if r["model"] else "", *values(s["metrics"]),
-                       "" if s["seconds"] is None else round(s["seconds"], 3), s["status"],
+                       rounded(s["seconds"]), rounded(s["train_seconds"]), s["status"],
                        s["error"], s["run_dir"]])
     if len(r["per_seed"]) > 1:
       interval = next((v["interval"] for v in r["metrics"].values() if v), "")
       writer.writerow([r["run"], r["model"] or "", r["dataset"] or "", split, "mean",
                        interval, *values(r["metrics"]),
-                       "" if r["seconds"] is None else round(r["seconds"], 3), r["status"],
+                       rounded(r["seconds"]), rounded(r["train_seconds"]), r["status"],
                        r["error"], ""])
   return out.getvalue()
 

@@ -40,6 +40,7 @@ from jaxrec import configs
 from jaxrec.end_to_end import (_RESUMABLE_FIELDS, StageResult, _hash, canonical, finish,
                                generator_stages, run_stage, sha256_file, stage_config)
 from jaxrec.training import generator_job
+from jaxrec.training import tokenizer_job
 from jaxrec.training import trainer as trainer_lib
 
 MODALITIES = ("text", "image", "collab")
@@ -219,12 +220,12 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
                   "config": ids_config})
   # Cached too: ablations that change only the generator share their system's IDs.
   ids_dir, ids_base = _stage_folder(workdir, feature_cache, "semantic_ids", ids_fp)
-  ids_path = os.path.join(ids_dir, "semantic_ids.npy")
+  ids_path, ids_stats_path = tokenizer_job.artifact_paths(ids_dir)
 
   def build_ids():
     semantic_ids_job(workdir=ids_dir, features=dict(features), progress=progress,
                      **ids_passed)
-    out = [ids_path, os.path.join(ids_dir, "tokenizer_stats.json")]
+    out = [ids_path, ids_stats_path]
     sidecar = os.path.join(ids_dir, "modalities.json")
     return out + ([sidecar] if os.path.isfile(sidecar) else [])
   stages.append(_run_stage(feature_cache, ids_base, "semantic_ids", ids_dir, ids_fp, ids_config,

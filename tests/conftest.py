@@ -24,3 +24,19 @@ def shared_data_dir(request) -> pathlib.Path:
   if not path or not pathlib.Path(path).is_dir():
     pytest.skip("real data not available: pass --data_dir or set JAXREC_DATA_DIR")
   return pathlib.Path(path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temp_dir_under_pytest(tmp_path_factory):
+  """Temporary files of the tests (and of their subprocesses) go under pytest's own tmp folder.
+
+  tensorflow-datasets makes an empty `tmpXXXXtfds` folder whenever a builder of an unprepared
+  dataset is created (`DatasetInfo.initialize_from_bucket`, before it finds GCS disabled) and
+  never removes it; pytest prunes its own folders, so the suite leaves nothing in /tmp.
+  """
+  import tempfile  # pylint: disable=import-outside-toplevel
+  folder = str(tmp_path_factory.mktemp("tempfile"))
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(tempfile, "tempdir", folder)
+    mp.setenv("TMPDIR", folder)
+    yield folder

@@ -229,6 +229,13 @@ def test_aggregation_over_seeds_known_answers(tmp_path):
   _metrics_json(one_dir / "superseded" / "old" / "eval" / "test_metrics.json", "old", 0.9, 0.9)
   _metrics_json(one_dir / "seed_9" / "m" / "test_metrics.json", "m", 0.9, 0.9)  # another run's
   (one_dir / "seed_9" / sweep.LOG).write_text("")
+  # Training time: a single job's train_summary.json, or a pipeline's stages but evaluation.
+  files.write_json(os.path.join(two0.run_dir, "train_summary.json"), {"seconds": 60.0})
+  files.write_json(os.path.join(two1.run_dir, "train_summary.json"), {"seconds": 180.0})
+  files.write_json(str(one_dir / "pipeline_summary.json"), {"stages": {
+      "embeddings": {"status": "skipped", "build_seconds": 30.0, "seconds": 0.0},
+      "generator": {"status": "ran", "build_seconds": 270.0, "seconds": 270.0},
+      "evaluation": {"status": "ran", "build_seconds": 999.0, "seconds": 999.0}}})
   results = [sweep.RunResult(two0, "ran", 2.0), sweep.RunResult(two1, "skipped", 4.0),
              sweep.RunResult(one, "ran", 1.0),
              sweep.RunResult(broken, "failed", 0.5, returncode=1, error="x\nValueError: boom")]
@@ -249,6 +256,8 @@ def test_aggregation_over_seeds_known_answers(tmp_path):
     assert m["high"] == pytest.approx(mean + T_975_1DF * 0.1)
     assert m["interval"] == "t over 2 seeds"
   assert two["seeds"] == [0, 1] and two["seconds"] == 3.0 and two["status"] == "ran/skipped"
+  assert (two["train_seconds"], single["train_seconds"], failed["train_seconds"]) == (
+      120.0, 300.0, None)
   # One seed: the run's own bootstrap CI.
   assert single["metrics"]["recall@10"] == dict(mean=0.5, low=0.45, high=0.55,
                                                 interval="bootstrap", values=[0.5])
@@ -260,13 +269,15 @@ def test_aggregation_over_seeds_known_answers(tmp_path):
   paths = sweep.write_reports(str(tmp_path), records, ("recall@10", "ndcg@10"), "test")
   md = open(paths["md"]).read()
   assert "| two | m | toy | 2 | 0.3000 (-0.9706-1.5706) | 0.2000 (-1.0706-1.4706) |" in md
-  assert "| one | one | toy | 1 | 0.5000 (0.4500-0.5500) |" in md
-  assert "| broken | - | - | 1 | - | - | 0.5 | FAILED (exit 1): ValueError: boom |" in md
-  assert "## Per seed" in md and "| two | m | 1 | 0.4000 (0.3500-0.4500) |" in md
+  assert "| one | one | toy | 1 | 0.5000 (0.4500-0.5500) | 0.2500 (0.2000-0.3000) | 1.0 | 5.0 |" in md
+  assert "| broken | - | - | 1 | - | - | 0.5 | - | FAILED (exit 1): ValueError: boom |" in md
+  assert "## Per seed" in md
+  assert "| two | m | 1 | 0.4000 (0.3500-0.4500) | 0.3000 (0.2500-0.3500) | 4.0 | 3.0 | skipped |" in md
   rows = list(csv.DictReader(io.StringIO(open(paths["csv"]).read())))
   mean_row = next(r for r in rows if r["seed"] == "mean")
   assert (mean_row["run"], mean_row["interval"]) == ("two", "t over 2 seeds")
   assert float(mean_row["recall@10_high"]) == pytest.approx(0.3 + T_975_1DF * 0.1)
+  assert [r["train_seconds"] for r in rows] == ["60.0", "180.0", "120.0", "300.0", "", "300.0"]
   assert [(r["run"], r["split"], r["seed"]) for r in rows] == [
       ("two", "test", "0"), ("two", "test", "1"), ("two", "test", "mean"),
       ("one", "test", ""), ("broken", "", ""), ("one", "valid", "")]

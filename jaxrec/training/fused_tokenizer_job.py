@@ -120,8 +120,7 @@ def build_fused_semantic_ids(
   n = len(raw[used[0]])
 
   os.makedirs(workdir, exist_ok=True)
-  stats_path = os.path.join(workdir, "tokenizer_stats.json")
-  ids_path = os.path.join(workdir, "semantic_ids.npy")
+  ids_path, stats_path = tokenizer_job.artifact_paths(workdir)
   old = files.read_json(stats_path)
   if old is not None and old.get("fingerprint") == fp and os.path.isfile(ids_path):
     if progress:

@@ -130,8 +130,7 @@ def build_image_semantic_ids(workdir: str, dataset: DatasetConfig = DatasetConfi
                     fix=f"use one of {semantic_ids.STRATEGIES}.")
   size = int(image_size or model_config.crops.global_size)
   os.makedirs(workdir, exist_ok=True)
-  stats_path = os.path.join(workdir, "tokenizer_stats.json")
-  ids_path = os.path.join(workdir, "semantic_ids.npy")
+  ids_path, stats_path = tokenizer_job.artifact_paths(workdir)
   emb_path = os.path.join(workdir, "image_embeddings.npy")
   fp = fingerprint(dataset, model_config, train_config, job) + f"-{size}"
   if image_dir:

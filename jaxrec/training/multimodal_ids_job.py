@@ -95,7 +95,7 @@ def build_multimodal_ids(
         print(f"{name} semantic IDs:", flush=True)
       stats = tokenizer_job.build_semantic_ids(sub, features[name], model, train, job,
                                                progress=progress)
-    ids = np.load(os.path.join(sub, "semantic_ids.npy"))
+    ids = np.load(tokenizer_job.artifact_paths(sub)[0])
     start = sum(t.shape[1] for t in tables)
     tables.append(ids)
     segments.append(modalities_lib.Segment(name, start, start + ids.shape[1]))
@@ -108,7 +108,7 @@ def build_multimodal_ids(
                     f"{ {s.name: len(t) for s, t in zip(segments, tables)} }", path=workdir,
                     fix="build every modality from the same dataset.")
   table = np.concatenate(tables, axis=1).astype(np.int32)
-  ids_path = os.path.join(workdir, "semantic_ids.npy")
+  ids_path, stats_path = tokenizer_job.artifact_paths(workdir)
   files.save_npy(ids_path, table)
   modalities_lib.write(ids_path, segments, table.shape[1])
   stats = {
@@ -119,7 +119,7 @@ def build_multimodal_ids(
       "after": semantic_ids.collision_stats(table),
       "total_seconds": round(time.perf_counter() - started, 2),
   }
-  files.write_json(os.path.join(workdir, "tokenizer_stats.json"), stats, default=str)
+  files.write_json(stats_path, stats, default=str)
   if progress:
     widths = ", ".join(f"{s.name} {s.end - s.start}" for s in segments)
     print(f"{len(table):,} items -> multimodal IDs of length {table.shape[1]} ({widths})")

@@ -28,6 +28,14 @@ from jaxrec.quantizers import vq
 from jaxrec.training import checkpoints
 
 METHODS = ("rqvae", "rqkmeans")
+# The artifacts every semantic-ID job writes in its workdir (text, image, fused, multimodal).
+IDS_FILE = "semantic_ids.npy"
+STATS_FILE = "tokenizer_stats.json"
+
+
+def artifact_paths(workdir: str) -> tuple[str, str]:
+  """`<workdir>/semantic_ids.npy` ([num_items, L'] int32) and `<workdir>/tokenizer_stats.json`."""
+  return os.path.join(workdir, IDS_FILE), os.path.join(workdir, STATS_FILE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,8 +163,7 @@ def build_semantic_ids(workdir: str, embeddings_path: str,
                     path="TokenizerJobConfig.collision",
                     fix=f"use one of {semantic_ids.STRATEGIES}.")
   os.makedirs(workdir, exist_ok=True)
-  stats_path = os.path.join(workdir, "tokenizer_stats.json")
-  ids_path = os.path.join(workdir, "semantic_ids.npy")
+  ids_path, stats_path = artifact_paths(workdir)
   x = load_embeddings(embeddings_path, job.expected_num_items)
   vq.check_embeddings(x, codebook_size=model_config.codebook_size, source=embeddings_path,
                       binding="RqVaeConfig.codebook_size")
@@ -235,11 +242,12 @@ def save_artifacts(workdir: str, ids: np.ndarray, codes: np.ndarray, codebook_si
     collision: the collision strategy, for the plot title.
     progress: print a summary line.
   """
-  files.save_npy(os.path.join(workdir, "semantic_ids.npy"), ids)
+  ids_path, stats_path = artifact_paths(workdir)
+  files.save_npy(ids_path, ids)
   plot_usage(codes, codebook_size, os.path.join(workdir, "codebook_usage.png"),
              title=f"{label}: {len(ids):,} items, collision rate "
                    f"{stats['before']['collision_rate']:.3f} before {collision}")
-  files.write_json(os.path.join(workdir, "tokenizer_stats.json"), stats, default=None)
+  files.write_json(stats_path, stats, default=None)
   if progress:
     print(f"{len(ids):,} items -> IDs of length {ids.shape[1]} in "
           f"{stats['total_seconds']:.1f}s; {collision_summary(stats)}")
