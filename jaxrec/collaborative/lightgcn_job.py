@@ -286,8 +286,10 @@ def train_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),
 
   Returns:
     {"epoch", "step", "steps_per_epoch", "best_epoch", "best_step", "best_value",
-    "valid_metric", "stopped_early", "loss", "epoch_seconds", "seconds",
-    "fingerprint"}; also written to `<workdir>/train_summary.json`.
+    "valid_metric", "stopped_early", "loss", "epoch_seconds", "seconds", "run_seconds",
+    "fingerprint"}; also written to `<workdir>/train_summary.json`. "seconds" is the
+    training time over every run of this workdir (checkpoints store the total so far),
+    "run_seconds" this call's.
 
   Raises:
     checkpoints.WorkdirError: the workdir holds another run.
@@ -319,6 +321,7 @@ def train_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),
       state, meta = ckpt.restore(_abstract(state, partitioning.replicated(s.mesh)))
     step = int(state.step)
     epoch = int(meta.get("epoch", 0))
+    earlier = float(meta.get("train_seconds", 0.0))  # Earlier runs' training time.
     if step != epoch * spe:
       raise checkpoints.CheckpointError(
           f"{workdir}/checkpoints step {step} is not epoch {epoch} x {spe} steps per epoch. "
@@ -382,7 +385,9 @@ def train_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),
         bar.set_postfix(epoch=epoch, loss=f"{last_loss:.4f}",
                         **{tc.valid_metric: f"{value:.4f}"})
       if last or best["stopped_early"] or epoch % tc.checkpoint_every == 0:
-        ckpt.save(step, state, {"epoch": epoch, "loss": last_loss, **best}, force=True)
+        ckpt.save(step, state, {"epoch": epoch, "loss": last_loss, **best,
+                                "train_seconds": earlier + time.perf_counter() - started},
+                  force=True)
       if on_epoch is not None:
         on_epoch(epoch, state)
     bar.close()
@@ -392,7 +397,8 @@ def train_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),
   summary = {"epoch": epoch, "step": step, "steps_per_epoch": spe,
              "valid_metric": tc.valid_metric, "loss": last_loss,
              "epoch_seconds": float(np.mean(epoch_seconds)) if epoch_seconds else None,
-             "seconds": time.perf_counter() - started, "fingerprint": fp, **best}
+             "seconds": earlier + time.perf_counter() - started,
+             "run_seconds": time.perf_counter() - started, "fingerprint": fp, **best}
   log.write({"step": step, "epoch": epoch, "event": "end",
              **{k: v for k, v in summary.items() if k not in ("step", "epoch")}})
   if jax.process_index() == 0:

@@ -333,7 +333,10 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
       checkpointing) with (step, state): tests, custom hooks.
 
   Returns:
-    {"step", "best_step", "best_value", "valid_metric", "stopped_early", "loss", "seconds"}.
+    {"step", "best_step", "best_value", "valid_metric", "stopped_early", "loss", "seconds",
+    "run_seconds"}: "seconds" is the training time over every run of this workdir (each
+    checkpoint stores the total so far; time after the last checkpoint of a killed run is
+    lost), "run_seconds" this call's.
 
   Raises:
     WorkdirError / checkpoints.CheckpointError: the workdir holds another run.
@@ -357,6 +360,7 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
     else:
       state, meta = trainer.init_state(), {}
     step = int(state.step)
+    earlier = float(meta.get("train_seconds", 0.0))  # Earlier runs' training time.
     best_ckpt.delete_after(step)  # a best saved after the restored step (killed run).
     best = {"best_step": meta.get("best_step"), "best_value": meta.get("best_value"),
             "evals_since_best": meta.get("evals_since_best", 0),
@@ -390,15 +394,18 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
         _validate(trainer, state, split, make_recommender, options, best, best_ckpt, log)
         window_start = time.perf_counter()
       if last or best["stopped_early"] or step % config.checkpoint_every == 0:
-        ckpt.save(step, state, {"data_state": it.get_state(), **best}, force=True)
+        ckpt.save(step, state, {"data_state": it.get_state(), **best,
+                                "train_seconds": earlier + time.perf_counter() - started},
+                  force=True)
       if on_step is not None:
         on_step(step, state)
     bar.close()
   finally:
     ckpt.close()
     best_ckpt.close()
+  run_seconds = time.perf_counter() - started
   summary = {"step": step, "valid_metric": config.valid_metric, "loss": last_loss,
-             "seconds": time.perf_counter() - started, **best}
+             "seconds": earlier + run_seconds, "run_seconds": run_seconds, **best}
   log.write({"step": step, "event": "end", **{k: v for k, v in summary.items() if k != "step"}})
   return summary
 

@@ -224,10 +224,16 @@ def test_resume_after_interruption_matches_uninterrupted(whole_run, tmp_path):
                                 progress=False, on_epoch=crash)
   _, steps = _params(broken, config)
   assert steps == [12]  # 6 steps per epoch; the one checkpoint before the crash: epoch 2.
+  with checkpoints.Checkpointer(os.path.join(broken, "checkpoints"), "",
+                                async_save=False) as ckpt:
+    crashed_seconds = ckpt.read_meta(12)["train_seconds"]
   resumed = []
   summary = lightgcn_job.train_lightgcn(broken, TINY, lightgcn.LightGcnConfig(), config, EVAL,
                                         progress=False, on_epoch=lambda e, s: resumed.append(e))
   assert resumed == [3, 4, 5] and summary["epoch"] == 5
+  # Training time adds up over the runs: the crashed run's (to its checkpoint) + this one's.
+  assert crashed_seconds > 0 and summary["run_seconds"] > 0
+  assert summary["seconds"] == pytest.approx(crashed_seconds + summary["run_seconds"], rel=1e-3)
   a, _ = _params(whole, config)
   b, _ = _params(broken, config)
   for key in a:

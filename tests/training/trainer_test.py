@@ -45,6 +45,12 @@ def _losses(workdir):
   return {e["step"]: e["loss"] for e in lines if "loss" in e and "event" not in e}
 
 
+def _meta(workdir, step):
+  with checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), "",
+                                async_save=False) as ckpt:
+    return ckpt.read_meta(step)
+
+
 def _train(split, workdir, config=CONFIG, **kwargs):
   kwargs.setdefault("progress", False)
   return trainer_lib.train(w.StandInModel(), split, kwargs.pop("batch_fn", w.make_batch_fn()),
@@ -88,8 +94,12 @@ def test_kill_and_resume_gives_the_uninterrupted_losses_and_batches(split, tmp_p
     _train(split, tmp_path / "run", batch_fn=recording("killed"), on_step=kill_at_4)
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["3"]
   assert sorted(_losses(tmp_path / "run")) == [1, 2, 3, 4]
+  killed_seconds = _meta(tmp_path / "run", 3)["train_seconds"]
   summary = _train(split, tmp_path / "run", batch_fn=recording("resumed"))
   assert summary["step"] == 6
+  # Training time adds up over the runs: the killed run's (to its checkpoint) + this one's.
+  assert killed_seconds > 0 and summary["run_seconds"] > 0
+  assert summary["seconds"] == pytest.approx(killed_seconds + summary["run_seconds"])
   whole, resumed = _losses(tmp_path / "whole"), _losses(tmp_path / "run")
   assert sorted(resumed) == list(range(1, 7))
   np.testing.assert_allclose([resumed[s] for s in range(1, 7)],
@@ -100,7 +110,11 @@ def test_kill_and_resume_gives_the_uninterrupted_losses_and_batches(split, tmp_p
                                 np.stack(seen["whole"][inits + 3:]))
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["3", "6"]
   # Rerunning a finished run changes nothing.
-  assert _train(split, tmp_path / "run")["step"] == 6
+  again = _train(split, tmp_path / "run")
+  assert again["step"] == 6
+  assert again["seconds"] == pytest.approx(_meta(tmp_path / "run", 6)["train_seconds"]
+                                           + again["run_seconds"])
+  assert again["seconds"] >= summary["seconds"] - 1.0  # the summary's tail after the save
   assert sorted(_losses(tmp_path / "run")) == list(range(1, 7))
 
 
