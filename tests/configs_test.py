@@ -32,3 +32,19 @@ def test_unknown_binding_is_named():
 def test_split_gin_flags():
   bindings, rest = configs.split_gin_flags(["prog", "--gin.A.b=3", "--workdir=x"])
   assert bindings == ["A.b = 3"] and rest == ["prog", "--workdir=x"]
+
+
+SPECS = sorted(str(p.relative_to(GIN_DIR.parent)) for p in (GIN_DIR / "sweeps").glob("*.txt"))
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_every_run_of_every_sweep_spec_parses(spec):
+  """The shipped sweep specs: each run's gin files and bindings form a config gin accepts
+  (with a dataset's gin file, as their headers pass it)."""
+  from jaxrec import sweep  # pylint: disable=import-outside-toplevel
+  runs = sweep.read_spec(str(GIN_DIR.parent / spec))
+  assert runs and len({r.name for r in runs}) == len(runs)
+  for run in sweep.with_common(runs, gin_files=["gin_configs/data/synthetic_tiny.gin"]):
+    configs.clear()
+    configs.parse(list(run.gin_files), MACROS + list(run.bindings))
+    assert configs.selected_job() is not None, (spec, run.name)
