@@ -15,6 +15,7 @@ import pytest
 
 from jaxrec import files
 from jaxrec import sweep
+from jaxrec import sweep_spec
 
 REPO = pathlib.Path(__file__).parents[1]
 BASELINES = "gin_configs/runs/baselines.gin"
@@ -58,7 +59,7 @@ c: "dir with space/x.gin" --gin.pipeline.EvalConfig.num_bootstrap=20 --seeds=0,1
 
 
 def test_parse_spec_comments_quotes_brackets_shared_options():
-  a, b, c = sweep.parse_spec(SPEC, "spec.txt")
+  a, b, c = sweep_spec.parse_spec(SPEC, "spec.txt")
   assert (a.name, b.name, c.name) == ("a", "b", "c")
   assert a.gin_files == ("runs/baselines.gin", "data/tiny.gin")  # shared files come after
   assert a.bindings == ("pipeline.EvalConfig.num_bootstrap=10",)
@@ -75,8 +76,8 @@ def test_parse_spec_comments_quotes_brackets_shared_options():
 
 
 def test_plan_expands_seeds_and_appends_command_line_options(tmp_path):
-  runs = sweep.with_common(sweep.parse_spec(SPEC), gin_files=["cli.gin"],
-                           bindings=["pipeline.EvalConfig.batch_size = 8"])
+  runs = sweep_spec.with_common(sweep_spec.parse_spec(SPEC), gin_files=["cli.gin"],
+                                bindings=["pipeline.EvalConfig.batch_size = 8"])
   planned = sweep.plan(runs, str(tmp_path))
   assert [(p.name, p.seed) for p in planned] == [("a", None), ("b", None), ("c", 0), ("c", 1)]
   a, c1 = planned[0], planned[3]
@@ -89,7 +90,8 @@ def test_plan_expands_seeds_and_appends_command_line_options(tmp_path):
                           f"--workdir={tmp_path / 'c' / 'seed_1'}")
   assert c1.command[1:] == [str(REPO / "tools" / "run.py"), *c1.args]
   # The command line's seeds replace the spec's, for every run.
-  reseeded = sweep.with_common(sweep.parse_spec(SPEC), seeds=[7], seed_bindings=["SEED"])
+  reseeded = sweep_spec.with_common(sweep_spec.parse_spec(SPEC), seeds=[7],
+                                    seed_bindings=["SEED"])
   assert [(p.name, p.seed, p.args[-2]) for p in sweep.plan(reseeded, str(tmp_path))] == [
       ("a", 7, "--gin.SEED=7"), ("b", 7, "--gin.SEED=7"), ("c", 7, "--gin.SEED=7")]
 
@@ -107,20 +109,20 @@ def test_plan_expands_seeds_and_appends_command_line_options(tmp_path):
     ("# nothing\n\n", "the spec names no runs"),
 ])
 def test_spec_errors_name_the_line_and_the_fix(text, message):
-  with pytest.raises(sweep.SpecError, match="Fix:") as error:
-    sweep.parse_spec(text, "spec.txt")
+  with pytest.raises(sweep_spec.SpecError, match="Fix:") as error:
+    sweep_spec.parse_spec(text, "spec.txt")
   assert message in str(error.value)
 
 
 def test_runs_from_gin_files(tmp_path):
   for name in ("b", "a"):
     (tmp_path / f"{name}.gin").write_text("")
-  runs = sweep.runs_from_gin_files([str(tmp_path / "*.gin")])
+  runs = sweep_spec.runs_from_gin_files([str(tmp_path / "*.gin")])
   assert [(r.name, r.gin_files) for r in runs] == [
       ("a", (str(tmp_path / "a.gin"),)), ("b", (str(tmp_path / "b.gin"),))]
-  with pytest.raises(sweep.SpecError, match="no gin file matches"):
-    sweep.runs_from_gin_files([str(tmp_path / "none_*.gin")])
-  with pytest.raises(sweep.SpecError, match="two runs are named 'a'"):
+  with pytest.raises(sweep_spec.SpecError, match="no gin file matches"):
+    sweep_spec.runs_from_gin_files([str(tmp_path / "none_*.gin")])
+  with pytest.raises(sweep_spec.SpecError, match="two runs are named 'a'"):
     sweep.plan(runs + runs[:1], str(tmp_path))
 
 
@@ -171,8 +173,8 @@ def test_two_run_sweep_writes_reports_and_skips_finished_runs(tmp_path, capsys):
   assert {r["status"] for r in _csv_rows(out / "sweep_results.csv")} == {"skipped"}
 
   # A changed command is run again, and the result says what changed.
-  kept = sweep.with_common(sweep.read_spec(str(spec))[:1],
-                           bindings=["pipeline.EvalConfig.num_bootstrap=11"])
+  kept = sweep_spec.with_common(sweep_spec.read_spec(str(spec))[:1],
+                                bindings=["pipeline.EvalConfig.num_bootstrap=11"])
   result = sweep.run_one(sweep.plan(kept, str(out))[0])
   assert result.status == "redone"
   assert "added --gin.pipeline.EvalConfig.num_bootstrap=11" in result.note
@@ -217,8 +219,8 @@ def _metrics_json(path, model, recall, ndcg, split="test"):
 
 
 def test_aggregation_over_seeds_known_answers(tmp_path):
-  runs = [sweep.RunSpec("two", ("x.gin",), seeds=(0, 1), seed_bindings=("SEED",)),
-          sweep.RunSpec("one", ("x.gin",)), sweep.RunSpec("broken", ("x.gin",))]
+  runs = [sweep_spec.RunSpec("two", ("x.gin",), seeds=(0, 1), seed_bindings=("SEED",)),
+          sweep_spec.RunSpec("one", ("x.gin",)), sweep_spec.RunSpec("broken", ("x.gin",))]
   planned = sweep.plan(runs, str(tmp_path))
   two0, two1, one, broken = planned
   _metrics_json(pathlib.Path(two0.run_dir) / "m" / "test_metrics.json", "m", 0.2, 0.1)
@@ -269,10 +271,12 @@ def test_aggregation_over_seeds_known_answers(tmp_path):
   paths = sweep.write_reports(str(tmp_path), records, ("recall@10", "ndcg@10"), "test")
   md = open(paths["md"]).read()
   assert "| two | m | toy | 2 | 0.3000 (-0.9706-1.5706) | 0.2000 (-1.0706-1.4706) |" in md
-  assert "| one | one | toy | 1 | 0.5000 (0.4500-0.5500) | 0.2500 (0.2000-0.3000) | 1.0 | 5.0 |" in md
+  assert ("| one | one | toy | 1 | 0.5000 (0.4500-0.5500) | 0.2500 (0.2000-0.3000) | 1.0 | 5.0 |"
+          in md)
   assert "| broken | - | - | 1 | - | - | 0.5 | - | FAILED (exit 1): ValueError: boom |" in md
   assert "## Per seed" in md
-  assert "| two | m | 1 | 0.4000 (0.3500-0.4500) | 0.3000 (0.2500-0.3500) | 4.0 | 3.0 | skipped |" in md
+  assert ("| two | m | 1 | 0.4000 (0.3500-0.4500) | 0.3000 (0.2500-0.3500) | 4.0 | 3.0 | skipped |"
+          in md)
   rows = list(csv.DictReader(io.StringIO(open(paths["csv"]).read())))
   mean_row = next(r for r in rows if r["seed"] == "mean")
   assert (mean_row["run"], mean_row["interval"]) == ("two", "t over 2 seeds")

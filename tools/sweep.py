@@ -25,6 +25,7 @@ from absl import flags
 
 from jaxrec import configs
 from jaxrec import sweep
+from jaxrec import sweep_spec
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -53,22 +54,22 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def main(argv, flag_values: flags.FlagValues = flags.FLAGS, gin_bindings=()):
   try:
     return sweep_main(argv, flag_values, gin_bindings)
-  except sweep.SpecError as e:
+  except sweep_spec.SpecError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
 
 def sweep_main(argv, f: flags.FlagValues, gin_bindings=()) -> int:
   """Plans, runs and reports the sweep; returns the exit status (1 when a run failed)."""
-  runs = sweep.read_spec(f.spec) if f.spec else []
-  runs += sweep.runs_from_gin_files(list(f.runs) + list(argv[1:]))
+  runs = sweep_spec.read_spec(f.spec) if f.spec else []
+  runs += sweep_spec.runs_from_gin_files(list(f.runs) + list(argv[1:]))
   if not runs:
-    raise sweep.SpecError("no runs", fix="pass --spec=FILE and/or --runs=GLOB.")
-  runs = sweep.with_common(
+    raise sweep_spec.SpecError("no runs", fix="pass --spec=FILE and/or --runs=GLOB.")
+  runs = sweep_spec.with_common(
       runs, f.gin_file, gin_bindings,
-      seeds=None if f.seeds is None else sweep.parse_seeds(f.seeds, "--seeds"),
+      seeds=None if f.seeds is None else sweep_spec.parse_seeds(f.seeds, "--seeds"),
       seed_bindings=(None if f.seed_binding is None
-                     else sweep.parse_seed_bindings(f.seed_binding, "--seed_binding")))
+                     else sweep_spec.parse_seed_bindings(f.seed_binding, "--seed_binding")))
   planned = sweep.plan(runs, f.sweep_dir)
   if f.dry_run:
     for run in planned:
