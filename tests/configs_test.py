@@ -5,6 +5,7 @@ import pathlib
 import pytest
 
 from jaxrec import configs
+from jaxrec import sweep_spec
 
 GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin_configs"
 MACROS = ["WORKDIR = '/tmp/w'", "EMBEDDINGS = '/tmp/e.npy'", "SEMANTIC_IDS = '/tmp/s.npy'"]
@@ -41,7 +42,6 @@ SPECS = sorted(str(p.relative_to(GIN_DIR.parent)) for p in (GIN_DIR / "sweeps").
 def test_every_run_of_every_sweep_spec_parses(spec):
   """The shipped sweep specs: each run's gin files and bindings form a config gin accepts
   (with a dataset's gin file, as their headers pass it)."""
-  from jaxrec import sweep_spec  # pylint: disable=import-outside-toplevel
   runs = sweep_spec.read_spec(str(GIN_DIR.parent / spec))
   assert runs and len({r.name for r in runs}) == len(runs)
   for run in sweep_spec.with_common(runs, gin_files=["gin_configs/data/synthetic_tiny.gin"]):

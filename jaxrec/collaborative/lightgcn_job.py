@@ -394,11 +394,12 @@ def train_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),
   finally:
     ckpt.close()
     best_ckpt.close()
+  run_seconds = time.perf_counter() - started
   summary = {"epoch": epoch, "step": step, "steps_per_epoch": spe,
              "valid_metric": tc.valid_metric, "loss": last_loss,
              "epoch_seconds": float(np.mean(epoch_seconds)) if epoch_seconds else None,
-             "seconds": earlier + time.perf_counter() - started,
-             "run_seconds": time.perf_counter() - started, "fingerprint": fp, **best}
+             "seconds": earlier + run_seconds, "run_seconds": run_seconds, "fingerprint": fp,
+             **best}
   log.write({"step": step, "epoch": epoch, "event": "end",
              **{k: v for k, v in summary.items() if k not in ("step", "epoch")}})
   if jax.process_index() == 0:
