@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from jaxrec import configs
 from jaxrec import files
+from jaxrec import pipeline as baselines_lib
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.encoders import item_job
@@ -311,12 +312,28 @@ def finish(workdir: str, dataset: DatasetConfig, stages: Sequence[StageResult],
   summary = _summarize(workdir, dataset, stages, train_summary,
                        time.perf_counter() - started)
   summary.update(extra or {})
+  summary["baselines"] = reference_baselines(workdir, dataset)
+  curve = os.path.join(workdir, "generator", "valid_curve.png")
+  if os.path.isfile(curve):
+    summary["valid_curve"] = curve
   table = results_markdown(summary)
   files.write_text(os.path.join(workdir, "results.md"), table)
   files.write_json(os.path.join(workdir, "pipeline_summary.json"), summary, sort_keys=True)
   if progress:
     print(table, flush=True)
   return summary
+
+
+REFERENCE_BASELINES = ("most_popular", "cooccurrence")
+
+
+def reference_baselines(workdir: str, dataset: DatasetConfig) -> dict:
+  """{baseline: test metrics JSON} of most-popular and co-occurrence on the same test users
+  (`pipeline.evaluate_baselines` into <workdir>/baselines, cached there; seconds)."""
+  results = baselines_lib.evaluate_baselines(
+      os.path.join(workdir, "baselines"), dataset, baselines_lib.EvalConfig(splits=("test",)),
+      baselines=REFERENCE_BASELINES, progress=False)
+  return {name: {"overall": r["test"]["metrics"]["overall"]} for name, r in results.items()}
 
 
 def generator_stages(workdir: str, dataset: DatasetConfig, ids_path: str,
@@ -423,7 +440,13 @@ def results_markdown(summary: dict, which: str = "test") -> str:
               "| model | " + " | ".join(_TABLE_METRICS) + " |",
               "|---" * (len(_TABLE_METRICS) + 1) + "|",
               "| generator | " + " | ".join(_cell(m["overall"].get(k)) for k in _TABLE_METRICS)
-              + " |", ""]
+              + " |"]
+    for name, b in sorted((summary.get("baselines") or {}).items()):
+      lines.append(f"| {name} | " + " | ".join(_cell(b["overall"].get(k))
+                                               for k in _TABLE_METRICS) + " |")
+    lines.append("")
+    if summary.get("valid_curve"):
+      lines += [f"Validation curve: {summary['valid_curve']}", ""]
   else:
     lines += [f"(no {which} metrics: add {which!r} to EvalConfig.splits)", ""]
   lines += ["| stage | this run | wall time (this run) | wall time (when built) |",

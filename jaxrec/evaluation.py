@@ -160,7 +160,7 @@ def evaluate(recommend: Recommender, split: LeaveOneOutSplit, which: str = "test
              max_history: Optional[int] = None, exclude_history: bool = False,
              cold_start_threshold: int = 5, num_bootstrap: int = 1000, seed: int = 0,
              progress: bool = True, output_path: Optional[str] = None,
-             pad_batches: bool = True) -> dict:
+             pad_batches: bool = True, max_users: Optional[int] = None) -> dict:
   """Full ranking over all items (no negative sampling) on the valid or test part.
 
   Args:
@@ -184,6 +184,9 @@ def evaluate(recommend: Recommender, split: LeaveOneOutSplit, which: str = "test
     output_path: if given, the JSON part of the result is written there
       atomically (parent folders are created).
     pad_batches: pad the last batch to batch_size (static shapes).
+    max_users: evaluate a fixed random sample of this many examples (drawn with a
+      generator seeded by 0, the same every call: periodic validation during
+      training); None = all.
 
   Returns:
     A dict with "split", "dataset", "num_examples", "ks", "exclude_history",
@@ -200,6 +203,9 @@ def evaluate(recommend: Recommender, split: LeaveOneOutSplit, which: str = "test
   if not ks:
     raise ValueError("ks must name at least one cutoff")
   examples = split.eval_examples(which)
+  if max_users is not None and 0 < max_users < len(examples):
+    rows = np.sort(np.random.default_rng(0).permutation(len(examples))[:max_users])
+    examples = examples.subset(rows)
   ranks, widths = rank_examples(
       recommend, examples, split.num_items, max(ks), batch_size=batch_size,
       max_history=max_history, exclude_history=exclude_history,

@@ -37,8 +37,13 @@ def write_atomically(path: str, write: Callable[[Any], None], binary: bool = Tru
     raise
 
 
-def write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` atomically."""
+def write_text(path: str, text: str, if_changed: bool = False) -> None:
+  """Writes `text` to `path` atomically (with `if_changed`, only when the file differs, so
+  an up-to-date artifact keeps its modification time)."""
+  if if_changed and os.path.isfile(path):
+    with open(path) as f:
+      if f.read() == text:
+        return
   write_atomically(path, lambda f: f.write(text), binary=False)
 
 

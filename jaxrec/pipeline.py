@@ -142,7 +142,8 @@ def evaluate_baselines(workdir: str, dataset: DatasetConfig = DatasetConfig(),
   data = dataset.load()
   split = leave_one_out(data)
   stats = data.stats()
-  files.write_json(os.path.join(workdir, "dataset_stats.json"), stats)
+  files.write_text(os.path.join(workdir, "dataset_stats.json"),
+                   json.dumps(stats, indent=1, default=str) + "\n", if_changed=True)
   if progress:
     print(f"{data.name}: {stats['users']:,} users, {stats['items']:,} items, "
           f"{stats['interactions']:,} interactions (loaded and split in "
@@ -173,7 +174,7 @@ def evaluate_baselines(workdir: str, dataset: DatasetConfig = DatasetConfig(),
       evaluation.write_json(result, path)
       results[name][which] = result
   table = results_table(results, data.name, eval_config)
-  files.write_text(os.path.join(workdir, "results.md"), table)
+  files.write_text(os.path.join(workdir, "results.md"), table, if_changed=True)
   if progress:
     print(table)
   return results

@@ -9,6 +9,13 @@ transformers), times the same-size HuggingFace T5 (T5 1.1, gated-GELU) train
 step on the same shapes in the same run, as the PyTorch reference.
 
   python tools/benchmark_train.py --dataset=beauty --torch_python=/path/to/venv/bin/python
+
+With --layouts it instead compares the generator's training layouts in TARGETS trained per
+second (target exposures/s) and XLA FLOPs per target, same model size (TIGER's T5), same
+optimizer (AdamW) and the same run: per-example (batch 256 prefixes, buckets 5/10/20) and
+per-sequence item encoder (batch 128 windows, buckets 6/11/21):
+
+  python tools/benchmark_train.py --dataset=beauty --layouts --steps=20
 """
 
 import json
@@ -22,9 +29,12 @@ import numpy as np
 
 from jaxrec.data import batching
 from jaxrec.data import loading
+from jaxrec.data import windows as windows_lib
 from jaxrec.data.splits import leave_one_out
 from jaxrec.generator import config as t5_config
 from jaxrec.generator import model as model_lib
+from jaxrec.generator import sequence_batch
+from jaxrec.generator import sequence_model
 from jaxrec.generator import vocab
 from jaxrec.training import trainer as trainer_lib
 
@@ -34,6 +44,8 @@ _STEPS = flags.DEFINE_integer("steps", 30, "timed steps per variant.")
 _LEVELS = flags.DEFINE_integer("levels", 4, "codes per item (3 + collision level).")
 _TORCH = flags.DEFINE_string("torch_python", None, "python with torch + transformers.")
 _JSON = flags.DEFINE_string("json", None, "also write the figures here.")
+_LAYOUTS = flags.DEFINE_bool("layouts", False, "compare per-example and per-sequence "
+                             "training in targets/s instead (see the module docstring).")
 
 _TORCH_SCRIPT = r"""
 import json, sys, time, torch
@@ -84,6 +96,65 @@ def _flops(trainer, state, batch):
   return float(cost.get("flops", float("nan")))
 
 
+def _targets(batch) -> float:
+  """Target items in a model batch (weighted rows of decoder tokens / tokens per item)."""
+  weights = batch["decoder_loss_weights"]
+  return float((weights > 0).sum()) / weights.shape[-1]
+
+
+def compare_layouts(split, sids, layout, steps: int) -> dict:
+  """Targets/s and FLOPs/target of the per-example and per-sequence layouts (same run)."""
+  optimizer = trainer_lib.optimizers.OptimizerConfig(name="adamw", schedule="constant",
+                                                     learning_rate=1e-3)
+  config = t5_config.T5Config.tiger(layout.vocab_size)
+  variants = {
+      "per_example": (model_lib.EncoderDecoderModel.from_config(config, layout),
+                      split.train_examples(20), 256, (5, 10, 20),
+                      lambda b: vocab.make_token_batch(b, sids, layout, max_history=20)),
+      "item_encoder": (sequence_model.ItemEncoderDecoderModel.from_config(config, layout),
+                       windows_lib.split_windows(split, 20), 128, (6, 11, 21),
+                       lambda b: sequence_batch.make_sequence_token_batch(b, sids, layout)),
+  }
+  results = {}
+  for name, (model, rows, batch_size, boundaries, convert) in variants.items():
+    bcfg = batching.BatchingConfig(batch_size=batch_size, bucket_boundaries=boundaries,
+                                   sort_pool_batches=8)
+    it = batching.train_iterator(rows, bcfg)
+    batches = [convert(next(it)) for _ in range(steps)]
+    tcfg = trainer_lib.TrainerConfig(batching=bcfg, optimizer=optimizer)
+    full = convert(trainer_lib.example_batch(rows, batch_size))
+    trainer = trainer_lib.Trainer(model, tcfg, {k: v.shape for k, v in full.items()})
+    state = trainer.init_state()
+    by_shape = {b["decoder_target_tokens"].shape + b["encoder_input_tokens"].shape: b
+                for b in batches}
+    flops = {k: _flops(trainer, state, b) / max(_targets(b), 1.0) for k, b in by_shape.items()}
+    for b in by_shape.values():
+      state, m = trainer.step(state, b)
+    jax.block_until_ready(m["loss"])
+    start, targets = time.perf_counter(), 0.0
+    for b in batches:
+      state, m = trainer.step(state, b)
+      targets += _targets(b)
+    jax.block_until_ready(m["loss"])
+    seconds = time.perf_counter() - start
+    mean_flops = float(np.mean([flops[b["decoder_target_tokens"].shape +
+                                      b["encoder_input_tokens"].shape] for b in batches]))
+    results[name] = {"targets_per_s": round(targets / seconds, 1),
+                     "steps_per_s": round(steps / seconds, 3),
+                     "targets_per_step": round(targets / steps, 1),
+                     "mean_flops_per_target": mean_flops,
+                     "targets_per_epoch": int(getattr(rows, "num_targets", len(rows))),
+                     "params": int(sum(x.size for x in jax.tree.leaves(state.params)))}
+    print(name, results[name], flush=True)
+  base = results["per_example"]
+  for name in variants:
+    results[name]["targets_per_s_ratio"] = round(
+        results[name]["targets_per_s"] / base["targets_per_s"], 2)
+    results[name]["flops_per_target_ratio"] = round(
+        results[name]["mean_flops_per_target"] / base["mean_flops_per_target"], 3)
+  return results
+
+
 def main(argv):
   del argv
   data = loading.load_dataset(_DATASET.value)
@@ -99,6 +170,13 @@ def main(argv):
   results = {"dataset": _DATASET.value, "batch_size": _BATCH.value, "levels": levels,
              "vocab_size": layout.vocab_size, "devices": jax.device_count(),
              "backend": jax.default_backend()}
+  if _LAYOUTS.value:
+    results["layouts"] = compare_layouts(split, sids, layout, _STEPS.value)
+    print(json.dumps(results, indent=1))
+    if _JSON.value:
+      with open(_JSON.value, "w") as f:
+        json.dump(results, f, indent=1)
+    return
   state = None
   variants = (("unbucketed", ()), ("bucketed", (5, 10, 20)),
               ("bucketed_fine", (2, 3, 4, 6, 8, 12, 16, 20)))

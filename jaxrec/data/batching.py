@@ -137,13 +137,17 @@ class _BatchMaker:
       longest = int(ex.lengths[np.maximum(global_rows, 0)].max())
       width = next(w for w in self.config.bucket_boundaries if w >= longest)
     history = ex.histories[safe, :width]
-    return {
+    out = {
         "history": np.where(real[:, None], history, PAD_ITEM).astype(np.int32),
         "length": np.where(real, ex.lengths[safe], 0).astype(np.int32),
         "target": np.where(real, ex.targets[safe], PAD_ITEM).astype(np.int32),
         "user": np.where(real, ex.users[safe], -1).astype(np.int32),
         "weight": real.astype(np.float32),
     }
+    first = getattr(ex, "first_targets", None)
+    if first is not None:  # per-sequence windows (`windows.TrainWindows`).
+      out["first_target"] = np.where(real, first[safe], 0).astype(np.int32)
+    return out
 
 
 def train_dataset(examples: TrainExamples, config: BatchingConfig = BatchingConfig(),
@@ -157,6 +161,8 @@ def train_dataset(examples: TrainExamples, config: BatchingConfig = BatchingConf
     target: [B] int32 next item (0 for padding rows).
     user: [B] int32 dataset row (-1 for padding rows).
     weight: [B] float32, 1 for real rows, 0 for padding rows.
+    first_target: [B] int32, with `windows.TrainWindows` only: the first window
+      position that is a target (history is then the window).
 
   Args:
     examples: from `LeaveOneOutSplit.train_examples(max_history)`.

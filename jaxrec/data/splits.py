@@ -37,6 +37,17 @@ class EvalExamples:
   def __len__(self) -> int:
     return len(self.users)
 
+  def subset(self, rows: np.ndarray) -> "EvalExamples":
+    """The examples at `rows` [m] (in that order)."""
+    rows = np.asarray(rows, np.int64)
+    starts, ends = self.history_offsets[rows], self.history_offsets[rows + 1]
+    offsets = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
+    take = (np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)])
+            if len(rows) else np.zeros(0, np.int64))
+    return EvalExamples(users=self.users[rows], targets=self.targets[rows],
+                        history_items=self.history_items[take.astype(np.int64)],
+                        history_offsets=offsets)
+
   @property
   def history_lengths(self) -> np.ndarray:
     """[n] int64."""

@@ -253,8 +253,11 @@ class EncoderDecoderModel:
           jax.random.fold_in(dropout_rng, _MASK_SALT), batch["encoder_input_tokens"])
       batch = dict(batch, encoder_input_tokens=encoder_tokens)
     logits = self._logits(params, batch, dropout_rng)
-    targets = batch["decoder_target_tokens"]
-    weights = _weights(batch)
+    return self.token_loss(logits, batch["decoder_target_tokens"], _weights(batch))
+
+  def token_loss(self, logits: Array, targets: Array, weights: Array) -> Tuple[Array, dict]:
+    """The loss and metrics of `loss_fn` from logits [R, L, vocab], targets [R, L] int32
+    and weights [R, L] float32 (R rows of L tokens: examples, or window positions)."""
     allowed = self.allowed_tokens(targets) if self.constrained_loss else None
     token_loss, token_z = token_cross_entropy(logits, targets, self.config.label_smoothing,
                                               self.config.z_loss, allowed)

@@ -20,8 +20,11 @@ from jaxrec import files
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.data.splits import leave_one_out
+from jaxrec.data import windows as windows_lib
 from jaxrec.decoding import DecodingConfig, build_trie, trie_stats
 from jaxrec.generator import EncoderDecoderModel, T5Config, TokenLayout, make_token_batch
+from jaxrec.generator.sequence_batch import make_sequence_token_batch
+from jaxrec.generator.sequence_model import ItemEncoderDecoderModel
 from jaxrec.pipeline import EvalConfig, evaluate_and_save
 from jaxrec.quantizers import modalities as modalities_lib
 from jaxrec.training import trainer as trainer_lib
@@ -92,6 +95,20 @@ def make_batch_fn(semantic_ids: np.ndarray, layout: TokenLayout, max_history: in
   encoder reads `encoder_levels`, the decoder generates `target_levels`; None = all)."""
   return lambda batch: make_token_batch(batch, semantic_ids, layout, max_history,
                                         target_levels, encoder_levels)
+
+
+def make_sequence_batch_fn(semantic_ids: np.ndarray, layout: TokenLayout,
+                           target_levels: Optional[Sequence[int]] = None,
+                           encoder_levels: Optional[Sequence[int]] = None
+                           ) -> trainer_lib.BatchFn:
+  """Host window batch (`windows.TrainWindows` rows) -> per-sequence token batch."""
+  return lambda batch: make_sequence_token_batch(batch, semantic_ids, layout, target_levels,
+                                                 encoder_levels)
+
+
+# Generator training layouts: one example per prefix (TIGER as published), or one window
+# per user sequence whose every item is a target (causal item encoder + code decoder).
+TRAINING_LAYOUTS = {"per_example": EncoderDecoderModel, "item_encoder": ItemEncoderDecoderModel}
 
 
 def history_tokens(histories: np.ndarray, semantic_ids: np.ndarray, layout: TokenLayout,
@@ -181,6 +198,7 @@ class GeneratorSetup:
   target_levels: Tuple[int, ...] = ()
   encoder_levels: Tuple[int, ...] = ()
   segments: Tuple[modalities_lib.Segment, ...] = ()
+  examples: Optional[object] = None  # training rows (None: the per-prefix examples).
 
 
 def resolve_modalities(segments: Sequence[modalities_lib.Segment],
@@ -238,7 +256,8 @@ def setup(semantic_ids_path: str, dataset: DatasetConfig, trainer_config: traine
           constrained_loss: bool = False, target_modality: Optional[str] = None,
           encoder_modalities: Optional[Sequence[str]] = None,
           modality_mask_rate: float = 0.0, position_embeddings: bool = False,
-          entry: str = "generator_job.setup") -> GeneratorSetup:
+          entry: str = "generator_job.setup",
+          training_layout: str = "per_example") -> GeneratorSetup:
   """Loads data and IDs and builds the layout, trie, model, batch conversion and recommender.
 
   The fingerprint (which checkpoints belong to this setup) covers the dataset, the
@@ -248,6 +267,16 @@ def setup(semantic_ids_path: str, dataset: DatasetConfig, trainer_config: traine
 
   Args: as `train_generator`; entry names the gin entry point in error messages.
   """
+  if training_layout not in TRAINING_LAYOUTS:
+    raise DataError(f"training_layout={training_layout!r} is not one of "
+                    f"{sorted(TRAINING_LAYOUTS)}", path=f"{entry}.training_layout",
+                    fix="bind 'item_encoder' (per-sequence) or 'per_example' (TIGER's).")
+  if training_layout != "per_example" and position_embeddings:
+    raise DataError(f"position_embeddings (MSCGRec's dual position embeddings) apply to the "
+                    f"per-example encoder, not to training_layout={training_layout!r} (one "
+                    "encoder token per item, relative positions)",
+                    path=f"{entry}.position_embeddings",
+                    fix="bind POSITION_EMBEDDINGS = False, or TRAINING_LAYOUT = 'per_example'.")
   split = leave_one_out(dataset.load())
   ids = load_semantic_ids(semantic_ids_path, split.num_items)
   layout = TokenLayout.for_semantic_ids(ids, num_user_buckets=num_user_buckets)
@@ -276,8 +305,8 @@ def setup(semantic_ids_path: str, dataset: DatasetConfig, trainer_config: traine
       raise DataError(f"the {target_modality!r} columns {list(target_levels)} do not name "
                       f"one item each ({e})", path=f"{entry}.target_modality",
                       fix="target a segment that ends in its own collision level.") from e
-  model = EncoderDecoderModel.from_config(t5, target, trie, constrained_loss, decoding,
-                                          rate, token_modalities)
+  model = TRAINING_LAYOUTS[training_layout].from_config(
+      t5, target, trie, constrained_loss, decoding, rate, token_modalities)
   parts = [dataclasses.asdict(dataset), t5.fingerprint_dict(), str(layout),
            hashlib.sha256(ids.tobytes()).hexdigest()]
   if constrained_loss:
@@ -290,6 +319,8 @@ def setup(semantic_ids_path: str, dataset: DatasetConfig, trainer_config: traine
     parts.append({"modality_mask_rate": float(rate)})
   if position_embeddings:
     parts.append("position_embeddings")
+  if training_layout != "per_example":
+    parts.append({"training_layout": training_layout})
   blob = json.dumps(parts, sort_keys=True, default=str)
   fp = hashlib.sha256(blob.encode()).hexdigest()[:16]
   popular = int(np.argmax(split.train_item_counts()[1:]) + 1)
@@ -299,9 +330,13 @@ def setup(semantic_ids_path: str, dataset: DatasetConfig, trainer_config: traine
   else:
     make = make_beam_recommender_factory(ids, layout, mh, decoding.top_k, popular,
                                          encoder_levels)
-  return GeneratorSetup(split, ids, layout, model, fp,
-                        make_batch_fn(ids, layout, mh, target_levels, encoder_levels), make,
-                        target_levels, encoder_levels, segments)
+  if training_layout == "per_example":
+    batch_fn, examples = make_batch_fn(ids, layout, mh, target_levels, encoder_levels), None
+  else:
+    batch_fn = make_sequence_batch_fn(ids, layout, target_levels, encoder_levels)
+    examples = windows_lib.split_windows(split, mh)
+  return GeneratorSetup(split, ids, layout, model, fp, batch_fn, make, target_levels,
+                        encoder_levels, segments, examples)
 
 
 def train_generator(workdir: str, semantic_ids_path: str,
@@ -315,7 +350,8 @@ def train_generator(workdir: str, semantic_ids_path: str,
                     constrained_loss: bool = False, target_modality: Optional[str] = None,
                     encoder_modalities: Optional[Sequence[str]] = None,
                     modality_mask_rate: float = 0.0,
-                    position_embeddings: bool = False) -> dict:
+                    position_embeddings: bool = False,
+                    training_layout: str = "per_example") -> dict:
   """Trains the generator in `workdir` (resuming a run of the same configuration).
 
   Args:
@@ -346,20 +382,25 @@ def train_generator(workdir: str, semantic_ids_path: str,
     position_embeddings: MSCGRec's dual position embeddings in the encoder: the item's
       recency (trainer_config.max_history positions) and the token's position inside
       the item (sets the `T5Config` position fields).
+    training_layout: "per_example" (one example per prefix, TIGER's encoder-decoder)
+      or "item_encoder" (per sequence: a causal item encoder over each training window
+      and a code decoder at every position, every item a target in one pass; see
+      docs/generator.md).
 
   Returns:
     The trainer's summary (also written to train_summary.json).
   """
   s = setup(semantic_ids_path, dataset, trainer_config, model_config, num_user_buckets,
             decoding, constrained_loss, target_modality, encoder_modalities,
-            modality_mask_rate, position_embeddings, entry="generator_job.train_generator")
+            modality_mask_rate, position_embeddings, entry="generator_job.train_generator",
+            training_layout=training_layout)
   options = dict(ks=tuple(eval_config.ks), batch_size=eval_config.batch_size,
                  exclude_history=eval_config.exclude_history,
                  cold_start_threshold=eval_config.cold_start_threshold)
   summary = trainer_lib.train(
       s.model, s.split, s.batch_fn, trainer_config, workdir, make_recommender=s.make_recommender,
       fingerprint=s.fingerprint, config_text=operative_config() if operative_config else None,
-      eval_options=options, progress=progress)
+      eval_options=options, progress=progress, examples=s.examples)
   if jax.process_index() == 0:
     files.write_json(os.path.join(workdir, "train_summary.json"), summary)
   return summary
@@ -375,7 +416,8 @@ def evaluate_generator(workdir: str, semantic_ids_path: str,
                        constrained_loss: bool = False, target_modality: Optional[str] = None,
                        encoder_modalities: Optional[Sequence[str]] = None,
                        modality_mask_rate: float = 0.0,
-                       position_embeddings: bool = False) -> dict:
+                       position_embeddings: bool = False,
+                       training_layout: str = "per_example") -> dict:
   """Restores the best (or latest) checkpoint and writes `<workdir>/eval/<split>_metrics.json`.
 
   Args: as `train_generator` (the same bindings), plus checkpoint: "best" (falls
@@ -386,9 +428,10 @@ def evaluate_generator(workdir: str, semantic_ids_path: str,
   """
   s = setup(semantic_ids_path, dataset, trainer_config, model_config, num_user_buckets,
             decoding, constrained_loss, target_modality, encoder_modalities,
-            modality_mask_rate, position_embeddings, entry="generator_job.evaluate_generator")
+            modality_mask_rate, position_embeddings, entry="generator_job.evaluate_generator",
+            training_layout=training_layout)
   tr = trainer_lib.Trainer(s.model, trainer_config, trainer_lib.input_shapes(
-      s.split, s.batch_fn, trainer_config))
+      s.split, s.batch_fn, trainer_config, s.examples))
   fp = trainer_lib.trajectory_fingerprint(trainer_config, s.fingerprint)
   state, meta = trainer_lib.restore_state(tr, workdir, fp, checkpoint)
   results = {}

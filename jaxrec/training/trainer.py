@@ -21,6 +21,7 @@ from jaxrec import files
 from jaxrec.data import batching
 from jaxrec.data.splits import LeaveOneOutSplit, TrainExamples
 from jaxrec.training import checkpoints
+from jaxrec.training import curves
 from jaxrec.training import optimizers
 from jaxrec.training import partitioning
 from jaxrec.training import train_state as train_state_lib
@@ -46,6 +47,8 @@ class TrainerConfig:
       valid_metric; 0 = never stop early.
     valid_metric: "<metric>@<k>" on the validation split that picks the best
       checkpoint (higher is better).
+    valid_users: validate on a fixed random sample of this many users (0 = all):
+      periodic checks of big datasets; the final evaluation uses every user.
     seed: init and dropout seed (the data order is `batching.seed`).
     max_history: history items per training example and per evaluated user.
     batching: training batches (batch_size is global, over all processes).
@@ -59,6 +62,7 @@ class TrainerConfig:
   log_every: int = 100
   early_stopping_patience: int = 0
   valid_metric: str = "ndcg@10"
+  valid_users: int = 0
   seed: int = 0
   max_history: int = 20
   batching: batching.BatchingConfig = batching.BatchingConfig()
@@ -133,11 +137,16 @@ def make_predict_fn(model: Any, mesh: jax.sharding.Mesh) -> Callable:
 
 
 def example_batch(examples: TrainExamples, rows: int) -> dict:
-  """A full-width data batch of `rows` real examples (model init shapes, smoke checks)."""
+  """A full-width data batch of `rows` real examples (model init shapes, smoke checks);
+  windows (`windows.TrainWindows`) add their first_target."""
   idx = np.arange(rows) % len(examples)
-  return {"history": examples.histories[idx], "length": examples.lengths[idx],
-          "target": examples.targets[idx], "user": examples.users[idx].astype(np.int32),
-          "weight": np.ones([rows], np.float32)}
+  batch = {"history": examples.histories[idx], "length": examples.lengths[idx],
+           "target": examples.targets[idx], "user": examples.users[idx].astype(np.int32),
+           "weight": np.ones([rows], np.float32)}
+  first = getattr(examples, "first_targets", None)
+  if first is not None:
+    batch["first_target"] = first[idx]
+  return batch
 
 
 class Trainer:
@@ -199,7 +208,7 @@ class Trainer:
 
 # TrainerConfig fields a resumed run may change (with the mesh): not part of the trajectory.
 RESUMABLE_FIELDS = ("num_steps", "eval_every", "checkpoint_every", "keep_checkpoints",
-                    "log_every", "early_stopping_patience")
+                    "log_every", "early_stopping_patience", "valid_users")
 _RESUMABLE = r"(TrainerConfig\.(%s)|MeshConfig\.\w+)\s*=" % "|".join(RESUMABLE_FIELDS)
 
 
@@ -230,9 +239,10 @@ class MetricsLog:
       files.write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
 
   def write(self, entry: dict) -> None:
+    """Appends `entry` with "time" (Unix seconds: curves against wall-clock minutes)."""
     if self.enabled:
       with open(self.path, "a") as f:
-        f.write(json.dumps(entry) + "\n")
+        f.write(json.dumps({**entry, "time": round(time.time(), 3)}) + "\n")
 
 
 # ---------------------------------------------------------------------------- train
@@ -255,7 +265,7 @@ def run_validation(trainer: Trainer, state: TrainState, split: LeaveOneOutSplit,
   unless `options` (evaluate's keyword arguments) say otherwise.
   """
   options = {"max_history": trainer.config.max_history, "num_bootstrap": 0,
-             "progress": False, **options}
+             "progress": False, "max_users": trainer.config.valid_users or None, **options}
   return evaluation.evaluate(trainer.recommender(state, make_recommender), split, which,
                              **options)
 
@@ -271,9 +281,12 @@ def _eval_options(metric: str, options: Optional[Mapping]) -> dict:
   return options
 
 
-def input_shapes(split: LeaveOneOutSplit, batch_fn: BatchFn, config: TrainerConfig) -> dict:
-  """{feature: shape} of this process's model batch at full history width."""
-  examples = split.train_examples(config.max_history)
+def input_shapes(split: LeaveOneOutSplit, batch_fn: BatchFn, config: TrainerConfig,
+                 examples: Optional[TrainExamples] = None) -> dict:
+  """{feature: shape} of this process's model batch at full history width (`examples`:
+  the training rows, default the split's per-prefix examples)."""
+  if examples is None:
+    examples = split.train_examples(config.max_history)
   rows = config.batching.batch_size // jax.process_count()
   return {k: np.shape(v) for k, v in batch_fn(example_batch(examples, rows)).items()}
 
@@ -304,7 +317,8 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
           fingerprint: str = "", config_text: Optional[str] = None,
           eval_options: Optional[Mapping] = None, progress: bool = True,
           devices: Optional[Sequence[jax.Device]] = None,
-          on_step: Optional[Callable[[int, TrainState], None]] = None) -> dict:
+          on_step: Optional[Callable[[int, TrainState], None]] = None,
+          examples: Optional[TrainExamples] = None) -> dict:
   """Trains (or resumes) in `workdir`; validates, keeps the best checkpoint, stops early.
 
   Workdir: `config.gin` (config_text), `metrics.jsonl` (one JSON per log step:
@@ -331,6 +345,8 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
     devices: default all devices.
     on_step: called at the end of every step (after logging, validation and
       checkpointing) with (step, state): tests, custom hooks.
+    examples: the training rows batched for `batch_fn`: default the split's per-prefix
+      examples; `windows.split_windows(split, max_history)` for per-sequence models.
 
   Returns:
     {"step", "best_step", "best_value", "valid_metric", "stopped_early", "loss", "seconds",
@@ -345,8 +361,9 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
   fp = trajectory_fingerprint(config, fingerprint)
   check_workdir(workdir, fp, config_text)
   options = _eval_options(config.valid_metric, eval_options)
-  examples = split.train_examples(config.max_history)
-  trainer = Trainer(model, config, input_shapes(split, batch_fn, config), devices)
+  if examples is None:
+    examples = split.train_examples(config.max_history)
+  trainer = Trainer(model, config, input_shapes(split, batch_fn, config, examples), devices)
   os.makedirs(workdir, exist_ok=True)
   if config_text is not None and jax.process_index() == 0:
     files.write_text(os.path.join(workdir, "config.gin"), config_text)
@@ -407,6 +424,8 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
   summary = {"step": step, "valid_metric": config.valid_metric, "loss": last_loss,
              "seconds": earlier + run_seconds, "run_seconds": run_seconds, **best}
   log.write({"step": step, "event": "end", **{k: v for k, v in summary.items() if k != "step"}})
+  if jax.process_index() == 0:
+    curves.plot_validation_curve(workdir, config.valid_metric)  # valid_curve.png
   return summary
 
 

@@ -336,3 +336,67 @@ def test_best_saved_after_the_last_checkpoint_is_redone_on_resume(split, tmp_pat
   fp = trainer_lib.trajectory_fingerprint(config, "")
   with checkpoints.Checkpointer(str(tmp_path / "best"), fp) as best:
     assert best.read_meta()["value"] == 0.35
+
+
+# ------------------------------------------------------------------ per-sequence generator
+
+
+def test_item_encoder_step_on_one_device_equals_a_4x2_mesh_step(tmp_path):
+  job, kw = _tiny_generator_setup(tmp_path)
+  s = job.setup(**kw, training_layout="item_encoder")
+  config = kw["trainer_config"]
+  assert s.examples is not None and s.examples.num_targets == len(
+      s.split.train_examples(config.max_history))
+  host = s.batch_fn(trainer_lib.example_batch(s.examples, 8))
+  assert host["decoder_target_tokens"].shape == (8, config.max_history, 3)
+  shapes = {k: v.shape for k, v in host.items()}
+  results = []
+  for cfg, devices in [(dataclasses.replace(config, mesh=partitioning.MeshConfig()),
+                        jax.devices()[:1]), (config, jax.devices())]:
+    tr = trainer_lib.Trainer(s.model, cfg, shapes, devices)
+    state, metrics = tr.step(tr.init_state(), host)
+    results.append(jax.device_get((state.params, metrics["loss"])))
+  assert results[0][1] > 0
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               results[0], results[1])
+
+
+@pytest.mark.slow
+def test_item_encoder_job_resumes_exactly_trains_and_evaluates(tmp_path):
+  from jaxrec.pipeline import EvalConfig  # pylint: disable=g-import-not-at-top
+  job, kw = _tiny_generator_setup(tmp_path)
+  kw["trainer_config"] = dataclasses.replace(kw["trainer_config"], num_steps=4,
+                                             checkpoint_every=2, log_every=1)
+  eval_config = EvalConfig(batch_size=16, num_bootstrap=10)
+  whole = str(tmp_path / "whole")
+  job.train_generator(whole, eval_config=eval_config, progress=False,
+                      training_layout="item_encoder", **kw)
+
+  def kill_at_3(step, state):
+    if step == 3:
+      raise KeyboardInterrupt("simulated kill after the step-2 checkpoint")
+
+  run = str(tmp_path / "run")
+  original = trainer_lib.train
+  with pytest.raises(KeyboardInterrupt):
+    trainer_lib.train = lambda *a, **k: original(*a, **{**k, "on_step": kill_at_3})
+    try:
+      job.train_generator(run, eval_config=eval_config, progress=False,
+                          training_layout="item_encoder", **kw)
+    finally:
+      trainer_lib.train = original
+  summary = job.train_generator(run, eval_config=eval_config, progress=False,
+                                training_layout="item_encoder", **kw)
+  assert summary["step"] == 4
+  np.testing.assert_allclose([_losses(run)[s] for s in range(1, 5)],
+                             [_losses(whole)[s] for s in range(1, 5)], rtol=1e-6)
+  results = job.evaluate_generator(run, eval_config=eval_config, progress=False,
+                                   training_layout="item_encoder", **kw)
+  saved = json.load(open(os.path.join(run, "eval", "test_metrics.json")))
+  assert saved["found_rate"] == 1.0
+  assert results["valid"]["metrics"]["overall"]["ndcg@10"]["mean"] == pytest.approx(
+      summary["best_value"])
+  with pytest.raises(DataError, match="training_layout"):
+    job.setup(**kw, training_layout="decoder_only_typo")
+  with pytest.raises(DataError, match="position_embeddings"):
+    job.setup(**kw, training_layout="item_encoder", position_embeddings=True)

@@ -1,0 +1,172 @@
+"""`ItemEncoderDecoderModel`: the per-sequence generator (every item of a window is a
+target in one pass) over `item_network.ItemTransformer`, with the decoding interface of
+`EncoderDecoderModel` (encode once per user, cross-attention keys/values shared by every
+beam, cached decoder steps), so the trie beam search, greedy decoding and exact scoring
+run on it unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+
+from jaxrec.data.errors import DataError
+from jaxrec.generator.config import T5Config
+from jaxrec.generator.item_network import ItemTransformer
+from jaxrec.generator.model import _MASK_SALT, EncoderDecoderModel, _check_batch, _weights
+from jaxrec.generator.vocab import TargetLayout, TokenLayout
+
+Array = jax.Array
+PyTree = Any
+SEQUENCE_KEYS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+
+
+class ItemEncoderDecoderModel(EncoderDecoderModel):
+  """Loss, scores and prediction around an `ItemTransformer`.
+
+  Training batches (`sequence_batch.make_sequence_token_batch`) hold a window of n
+  items: encoder_input_tokens [B, U + n * E] (the window's items but the last),
+  decoder_input_tokens / decoder_target_tokens / decoder_loss_weights [B, n, L]
+  (position t: the codes of item t + 1). At inference the encoder input is the
+  history of `vocab.make_token_batch` and the decoder reads the last item's state.
+  Attributes and arguments as `EncoderDecoderModel`; MSCGRec's dual position
+  embeddings do not apply (the encoder has one token per item and relative positions).
+  """
+
+  def __init__(self, network: ItemTransformer, layout: Union[TokenLayout, TargetLayout],
+               config: Optional[T5Config] = None, trie: Any = None,
+               constrained_loss: bool = False, decoding: Any = None,
+               modality_mask_rate: float = 0.0,
+               encoder_token_modalities: Optional[Sequence[int]] = None):
+    super().__init__(network, layout, config, trie, constrained_loss, decoding,
+                     modality_mask_rate, encoder_token_modalities)
+    if self.config.position_embeddings:
+      raise DataError("the item-encoder layout has one encoder token per item and relative "
+                      "positions; MSCGRec's dual position embeddings do not apply.",
+                      fix="bind generator_job.train_generator.position_embeddings = False "
+                          "(POSITION_EMBEDDINGS) with training_layout = 'item_encoder'.")
+    if (network.prefix, network.tokens_per_item) != (self.prefix_tokens,
+                                                     self.encoder_tokens_per_item):
+      raise DataError(f"ItemTransformer(prefix={network.prefix}, tokens_per_item="
+                      f"{network.tokens_per_item}) does not match the layout's "
+                      f"{self.prefix_tokens} user token(s) and "
+                      f"{self.encoder_tokens_per_item} encoder tokens per item.",
+                      fix="build it with ItemEncoderDecoderModel.from_config.")
+
+  @classmethod
+  def from_config(cls, config: T5Config, layout: Union[TokenLayout, TargetLayout],
+                  trie: Any = None, constrained_loss: bool = False, decoding: Any = None,
+                  modality_mask_rate: float = 0.0,
+                  encoder_token_modalities: Optional[Sequence[int]] = None
+                  ) -> "ItemEncoderDecoderModel":
+    target = layout.target() if isinstance(layout, TokenLayout) else layout
+    prefix = 1 if target.num_user_buckets else 0
+    width = (len(encoder_token_modalities) if encoder_token_modalities is not None
+             else target.num_levels)
+    return cls(ItemTransformer(config, prefix, width), layout, config, trie,
+               constrained_loss, decoding, modality_mask_rate, encoder_token_modalities)
+
+  # ---------------------------------------------------------------- variables
+  def default_input_shapes(self, batch_size: int = 1, max_history: int = 1) -> dict:
+    """Shapes of the token arrays of `make_sequence_token_batch` (n = max_history)."""
+    return {"encoder_input_tokens": (batch_size, self.prefix_tokens +
+                                     max_history * self.encoder_tokens_per_item),
+            "decoder_input_tokens": (batch_size, max_history, self.target_length)}
+
+  def get_initial_variables(self, rng: Array, input_shapes: Optional[Mapping] = None,
+                            input_types: Optional[Mapping] = None) -> PyTree:
+    """As `EncoderDecoderModel.get_initial_variables` (shapes of a sequence batch)."""
+    del input_types
+    shapes = dict(self.default_input_shapes())
+    shapes.update(input_shapes or {})
+    encoder_tokens = jnp.ones(shapes["encoder_input_tokens"], jnp.int32)
+    decoder_shape = tuple(shapes["decoder_input_tokens"])
+    if len(decoder_shape) == 2:  # an inference-shaped request: one position per row.
+      decoder_shape = (decoder_shape[0], 1, decoder_shape[1])
+    items = (encoder_tokens.shape[1] - self.prefix_tokens) // self.encoder_tokens_per_item
+    decoder_tokens = jnp.ones((decoder_shape[0], items, decoder_shape[2]), jnp.int32)
+    params_rng, dropout_rng = jax.random.split(rng)
+    return self.module.init({"params": params_rng, "dropout": dropout_rng}, encoder_tokens,
+                            decoder_tokens, enable_dropout=False)
+
+  # ---------------------------------------------------------------- training
+  def sequence_logits(self, params: PyTree, batch: Mapping[str, Array],
+                      dropout_rng: Optional[Array] = None) -> Array:
+    """logits [B, n, L, vocab] float32 of a sequence batch (dropout with a key)."""
+    _check_batch(batch, SEQUENCE_KEYS)
+    rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+    return self.module.apply({"params": params}, batch["encoder_input_tokens"],
+                             batch["decoder_input_tokens"], enable_dropout=rngs is not None,
+                             rngs=rngs)
+
+  def loss_fn(self, params: PyTree, batch: Mapping[str, Array],
+              dropout_rng: Optional[Array]) -> Tuple[Array, dict]:
+    """Token cross-entropy (+ z-loss; constrained per position with `constrained_loss`)
+    over every weighted position of every window, normalized by the weight sum.
+
+    Modality masking (training only) hides one modality of a whole window's history.
+    Returns (loss, metrics) as `EncoderDecoderModel.loss_fn`.
+    """
+    if dropout_rng is not None and self.modality_mask_rate > 0.0:
+      _check_batch(batch, SEQUENCE_KEYS)
+      encoder_tokens, _ = self.mask_modalities(
+          jax.random.fold_in(dropout_rng, _MASK_SALT), batch["encoder_input_tokens"])
+      batch = dict(batch, encoder_input_tokens=encoder_tokens)
+    logits = self.sequence_logits(params, batch, dropout_rng)
+    size, n, num_levels, vocab = logits.shape
+    rows = lambda x: x.reshape((size * n, num_levels) + x.shape[3:])  # noqa: E731
+    return self.token_loss(rows(logits), rows(batch["decoder_target_tokens"]),
+                           rows(_weights(batch)))
+
+  def score_batch(self, params: PyTree, batch: Mapping[str, Array]) -> Array:
+    """[B, n] float32: log-likelihood of each position's target item (weight > 0)."""
+    logits = self.sequence_logits(params, batch)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    targets = batch["decoder_target_tokens"]
+    token_scores = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(_weights(batch) > 0, token_scores, 0.0), axis=-1)
+
+  # ---------------------------------------------------------------- decoding
+  def init_cache(self, params: PyTree, batch_size: int) -> PyTree:
+    """An empty decoder "cache" for `batch_size` rows (see `EncoderDecoderModel`)."""
+    tokens = jnp.ones((batch_size, self.target_length), jnp.int32)  # the cache length.
+    encoder_tokens = jnp.ones((batch_size, self.prefix_tokens + self.encoder_tokens_per_item),
+                              jnp.int32)
+
+    def create(params):
+      _, variables = self.module.apply(
+          {"params": params}, encoder_tokens, tokens, enable_dropout=False, decode=True,
+          max_decode_length=self.target_length, mutable=["cache"])
+      return variables["cache"]
+
+    shapes = jax.eval_shape(create, params)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def decode_step(self, params: PyTree, cache: PyTree, encoded: Optional[Array],
+                  encoder_input_tokens: Array, decoder_tokens: Array,
+                  cross_kv: Optional[list] = None) -> Tuple[Array, PyTree]:
+    """One cached decoder step from the last history state (args as the base class)."""
+    logits, variables = self.module.apply(
+        {"params": params, "cache": cache}, encoded, encoder_input_tokens,
+        decoder_tokens[:, None], enable_dropout=False, decode=True,
+        max_decode_length=self.target_length, cross_kv=cross_kv, mutable=["cache"],
+        method=self.module.decode)
+    return logits[:, 0], variables["cache"]
+
+  def score_codes(self, params: PyTree, encoder_input_tokens: Array, codes: Array,
+                  cross_kv: Optional[list] = None) -> Array:
+    """[B, C] teacher-forced log-likelihood of candidate codes [C, L] (as the base class)."""
+    if cross_kv is None:
+      cross_kv = self.cross_attention_kv(params, self.encode(params, encoder_input_tokens))
+    size, count = encoder_input_tokens.shape[0], codes.shape[0]
+    targets = jnp.asarray(self.layout.code_to_token(codes), jnp.int32)
+    inputs = jnp.concatenate([jnp.full((count, 1), self.layout.bos_id, jnp.int32),
+                              targets[:, :-1]], axis=1)
+    tile = lambda x: jnp.tile(x, (size, 1))  # noqa: E731  rows b * C + c
+    logits = self.module.apply({"params": params}, None, encoder_input_tokens, tile(inputs),
+                               cross_kv=cross_kv, method=self.module.decode)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    scores = jnp.take_along_axis(log_probs, tile(targets)[..., None], axis=-1)[..., 0]
+    return scores.sum(-1).reshape(size, count)
