@@ -8,6 +8,7 @@ import os
 from typing import Dict, Optional, Sequence
 
 from jaxrec import files
+from jaxrec import plots
 import numpy as np
 
 from jaxrec.sweep import DEFAULT_METRICS, LOG, REPORT_NAMES, SPLITS, error_line, summarize
@@ -30,7 +31,7 @@ def write_reports(sweep_dir: str, records: Sequence[dict],
   files.write_text(paths["md"], markdown(rows, metrics, split))
   files.write_text(paths["csv"], to_csv(all_rows, metrics))
   figure = plot(rows, metrics, split)
-  files.write_atomically(paths["png"], lambda f: figure.savefig(f, format="png", dpi=100))
+  plots.save_png(figure, paths["png"])
   return paths
 
 
@@ -134,13 +135,10 @@ def to_csv(rows: Sequence[dict], metrics: Sequence[str]) -> str:
 
 def plot(rows: Sequence[dict], metrics: Sequence[str], split: str):
   """A matplotlib Figure (Agg): per metric a horizontal bar per (run, model) with its interval."""
-  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
-  from matplotlib import figure as figure_lib  # pylint: disable=g-import-not-at-top
   rows = [r for r in rows if r["model"] is not None]
   labels = [f"{r['run']} / {r['model']}" + (f" ({len(r['seeds'])} seeds)" if len(r["seeds"]) > 1
                                              else "") for r in rows]
-  fig = figure_lib.Figure(figsize=(2.5 + 4 * len(metrics), 1.2 + 0.3 * max(len(rows), 1)))
-  backend_agg.FigureCanvasAgg(fig)
+  fig = plots.figure(figsize=(2.5 + 4 * len(metrics), 1.2 + 0.3 * max(len(rows), 1)))
   axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
   y = np.arange(len(rows))
   for ax, m in zip(axes, metrics):

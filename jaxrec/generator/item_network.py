@@ -126,8 +126,9 @@ class ItemTransformer(nn.Module):
     return self.decoder(encoded, None, None, None, deterministic=True)
 
   def decode(self, encoded: Optional[Array], encoder_input_tokens: Array,
-             decoder_input_tokens: Array, enable_dropout: bool = False,
-             decode: bool = False, max_decode_length: Optional[int] = None,
+             decoder_input_tokens: Array, decoder_target_tokens: Optional[Array] = None,
+             enable_dropout: bool = False, decode: bool = False,
+             max_decode_length: Optional[int] = None,
              cross_kv: Optional[List[KeyValue]] = None) -> Array:
     """Decodes from the LAST encoder state (inference: beam search, scoring).
 
@@ -137,6 +138,8 @@ class ItemTransformer(nn.Module):
       decoder_input_tokens: [rows, length] int32, rows = group * B (rows
         [b * group, (b + 1) * group) are user b's beams or candidates); with `decode`,
         [rows, 1] the current token.
+      decoder_target_tokens: unused (every decoder row is real); the signature of
+        `network.Transformer.decode`, so `EncoderDecoderModel` decodes this network too.
       enable_dropout, decode, max_decode_length: as `network.Transformer.decode`.
       cross_kv: from `cross_attention_kv`, or None (computed from `encoded`).
 
@@ -167,7 +170,7 @@ class ItemTransformer(nn.Module):
     encoded = self.encode(encoder_input_tokens, enable_dropout)
     cross_kv = self.cross_attention_kv(encoded)
     if decode:
-      return self.decode(None, encoder_input_tokens, decoder_input_tokens,
+      return self.decode(None, encoder_input_tokens, decoder_input_tokens, None,
                          enable_dropout, True, max_decode_length, cross_kv)
     size, n, num_levels = decoder_input_tokens.shape
     if self.prefix + n != encoded.shape[1]:

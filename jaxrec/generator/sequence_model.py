@@ -1,8 +1,8 @@
 """`ItemEncoderDecoderModel`: the per-sequence generator (every item of a window is a
-target in one pass) over `item_network.ItemTransformer`, with the decoding interface of
-`EncoderDecoderModel` (encode once per user, cross-attention keys/values shared by every
-beam, cached decoder steps), so the trie beam search, greedy decoding and exact scoring
-run on it unchanged.
+target in one pass) over `item_network.ItemTransformer`. Decoding is inherited from
+`EncoderDecoderModel` (`encode` once per user, `cross_attention_kv` shared by every beam,
+`init_cache` / `decode_step`, `score_codes`): the network's `encode` / `decode` have the
+same signatures, so the trie beam search, greedy decoding and exact scoring run unchanged.
 """
 
 from __future__ import annotations
@@ -127,46 +127,3 @@ class ItemEncoderDecoderModel(EncoderDecoderModel):
     targets = batch["decoder_target_tokens"]
     token_scores = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
     return jnp.sum(jnp.where(_weights(batch) > 0, token_scores, 0.0), axis=-1)
-
-  # ---------------------------------------------------------------- decoding
-  def init_cache(self, params: PyTree, batch_size: int) -> PyTree:
-    """An empty decoder "cache" for `batch_size` rows (see `EncoderDecoderModel`)."""
-    tokens = jnp.ones((batch_size, self.target_length), jnp.int32)  # the cache length.
-    encoder_tokens = jnp.ones((batch_size, self.prefix_tokens + self.encoder_tokens_per_item),
-                              jnp.int32)
-
-    def create(params):
-      _, variables = self.module.apply(
-          {"params": params}, encoder_tokens, tokens, enable_dropout=False, decode=True,
-          max_decode_length=self.target_length, mutable=["cache"])
-      return variables["cache"]
-
-    shapes = jax.eval_shape(create, params)
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-  def decode_step(self, params: PyTree, cache: PyTree, encoded: Optional[Array],
-                  encoder_input_tokens: Array, decoder_tokens: Array,
-                  cross_kv: Optional[list] = None) -> Tuple[Array, PyTree]:
-    """One cached decoder step from the last history state (args as the base class)."""
-    logits, variables = self.module.apply(
-        {"params": params, "cache": cache}, encoded, encoder_input_tokens,
-        decoder_tokens[:, None], enable_dropout=False, decode=True,
-        max_decode_length=self.target_length, cross_kv=cross_kv, mutable=["cache"],
-        method=self.module.decode)
-    return logits[:, 0], variables["cache"]
-
-  def score_codes(self, params: PyTree, encoder_input_tokens: Array, codes: Array,
-                  cross_kv: Optional[list] = None) -> Array:
-    """[B, C] teacher-forced log-likelihood of candidate codes [C, L] (as the base class)."""
-    if cross_kv is None:
-      cross_kv = self.cross_attention_kv(params, self.encode(params, encoder_input_tokens))
-    size, count = encoder_input_tokens.shape[0], codes.shape[0]
-    targets = jnp.asarray(self.layout.code_to_token(codes), jnp.int32)
-    inputs = jnp.concatenate([jnp.full((count, 1), self.layout.bos_id, jnp.int32),
-                              targets[:, :-1]], axis=1)
-    tile = lambda x: jnp.tile(x, (size, 1))  # noqa: E731  rows b * C + c
-    logits = self.module.apply({"params": params}, None, encoder_input_tokens, tile(inputs),
-                               cross_kv=cross_kv, method=self.module.decode)
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    scores = jnp.take_along_axis(log_probs, tile(targets)[..., None], axis=-1)[..., 0]
-    return scores.sum(-1).reshape(size, count)

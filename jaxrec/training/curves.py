@@ -7,6 +7,7 @@ import os
 from typing import Optional
 
 from jaxrec import files
+from jaxrec import plots
 
 
 def eval_points(metrics_path: str, metric: str) -> list:
@@ -25,11 +26,9 @@ def plot_validation_curve(workdir: str, metric: str = "ndcg@10",
   points = eval_points(os.path.join(workdir, "metrics.jsonl"), metric)
   if not points:
     return None
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   steps, minutes, values = zip(*points)
-  fig, ax = plt.subplots(figsize=(6, 3.5))
+  fig = plots.figure(figsize=(6, 3.5))
+  ax = fig.subplots()
   ax.plot(steps, values, marker="o")
   ax.set_xlabel("step")
   ax.set_ylabel(f"valid {metric}")
@@ -38,9 +37,4 @@ def plot_validation_curve(workdir: str, metric: str = "ndcg@10",
                  f"({minutes[-1]:.1f} min)")
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  output = output or os.path.join(workdir, "valid_curve.png")
-  tmp = output + ".tmp.png"
-  fig.savefig(tmp, dpi=100)
-  plt.close(fig)
-  os.replace(tmp, output)
-  return output
+  return plots.save_png(fig, output or os.path.join(workdir, "valid_curve.png"))

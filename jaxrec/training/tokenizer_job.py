@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from jaxrec import files
+from jaxrec import plots
 from jaxrec.data.errors import DataError
 from jaxrec.quantizers import rqvae
 from jaxrec.quantizers import semantic_ids
@@ -314,11 +315,9 @@ def read_reference_ids(path: str) -> np.ndarray:
 
 def plot_usage(codes: np.ndarray, codebook_size: int, path: str, title: str = "") -> None:
   """Per level: how many items each code holds, codes sorted by count (a PNG)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   levels = codes.shape[1]
-  fig, axes = plt.subplots(1, levels, figsize=(4 * levels, 3), squeeze=False)
+  fig = plots.figure(figsize=(4 * levels, 3))
+  axes = fig.subplots(1, levels, squeeze=False)
   for level, ax in enumerate(axes[0]):
     counts = np.sort(np.bincount(codes[:, level], minlength=codebook_size))[::-1]
     ax.bar(np.arange(codebook_size), counts, width=1.0)
@@ -327,7 +326,4 @@ def plot_usage(codes: np.ndarray, codebook_size: int, path: str, title: str = ""
     ax.set_ylabel("items")
   fig.suptitle(title)
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=80)
-  plt.close(fig)
-  os.replace(tmp, path)
+  plots.save_png(fig, path, dpi=80)

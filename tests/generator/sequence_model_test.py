@@ -138,6 +138,11 @@ def test_beam_search_on_the_item_encoder_returns_real_items_and_matches_exact_sc
   np.testing.assert_allclose(out.scores, exact_scores, rtol=1e-4, atol=1e-4)
   search(params, tokens, trie)
   assert search._cache_size() == 1  # one trace per shape.
+  # Greedy decoding (no DecodingConfig): the best code of each level given the previous.
+  codes, aux = model.predict_batch_with_aux(params, {"encoder_input_tokens": tokens})
+  assert codes.shape == (3, 3) and ((np.asarray(codes) >= 0) & (np.asarray(codes) < 4)).all()
+  full = np.asarray(model.score_codes(params, tokens, jnp.asarray(codes[:1])))
+  np.testing.assert_allclose(full[0, 0], np.asarray(aux["scores"])[0], rtol=1e-4, atol=1e-4)
 
 
 def test_bad_input_is_named():

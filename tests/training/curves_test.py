@@ -18,3 +18,23 @@ def test_validation_curve_points_and_png(tmp_path):
   path = curves.plot_validation_curve(str(tmp_path))
   assert path == os.path.join(tmp_path, "valid_curve.png") and os.path.getsize(path) > 1000
   assert curves.plot_validation_curve(str(tmp_path / "missing")) is None
+
+
+def test_plots_never_switch_the_callers_backend(tmp_path, monkeypatch):
+  # matplotlib.use("Agg") inside a job silenced every later inline plot of the quickstart
+  # notebook (the trainer writes valid_curve.png at the end of train_generator).
+  import matplotlib
+  import numpy as np
+  from jaxrec import sweep_reports
+  from jaxrec.training import tokenizer_job
+
+  def refuse(*args, **kwargs):
+    raise AssertionError(f"matplotlib.use{args} called by a library plot")
+  monkeypatch.setattr(matplotlib, "use", refuse)
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    f.write(json.dumps({"step": 5, "event": "eval", "valid/ndcg@10": 0.2}) + "\n")
+  assert curves.plot_validation_curve(str(tmp_path)) is not None
+  tokenizer_job.plot_usage(np.array([[0, 1], [1, 1]]), 2, str(tmp_path / "usage.png"))
+  assert os.path.getsize(tmp_path / "usage.png") > 1000
+  fig = sweep_reports.plot([], ["recall@10"], "test")
+  assert fig.canvas is not None
