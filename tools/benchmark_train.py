@@ -19,6 +19,7 @@ per-sequence item encoder (batch 128 windows, buckets 6/11/21):
 """
 
 import json
+import os
 import subprocess
 import time
 
@@ -32,10 +33,12 @@ from jaxrec.data import loading
 from jaxrec.data import windows as windows_lib
 from jaxrec.data.splits import leave_one_out
 from jaxrec.generator import config as t5_config
+from jaxrec.generator import decoder_only_model
 from jaxrec.generator import model as model_lib
 from jaxrec.generator import sequence_batch
 from jaxrec.generator import sequence_model
 from jaxrec.generator import vocab
+from jaxrec import files
 from jaxrec.training import trainer as trainer_lib
 
 _DATASET = flags.DEFINE_string("dataset", "beauty", "dataset (loading.dataset_names()).")
@@ -46,6 +49,16 @@ _TORCH = flags.DEFINE_string("torch_python", None, "python with torch + transfor
 _JSON = flags.DEFINE_string("json", None, "also write the figures here.")
 _LAYOUTS = flags.DEFINE_bool("layouts", False, "compare per-example and per-sequence "
                              "training in targets/s instead (see the module docstring).")
+
+_LOOP = flags.DEFINE_enum("loop", None, ["item_encoder", "decoder_only"],
+                          "time the trainer loop against the bare jitted step instead, "
+                          "for this per-sequence layout at its CPU size.")
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp", "scratch folder for --loop's run.")
+
+# The CPU-sized per-sequence model (gin_configs/models/per_sequence.gin); the decoder-only
+# layout stacks the 2 + 2 layers in one causal stack.
+_CPU_MODEL = dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=512, num_encoder_layers=2,
+                  num_decoder_layers=2)
 
 _TORCH_SCRIPT = r"""
 import json, sys, time, torch
@@ -96,10 +109,13 @@ def _flops(trainer, state, batch):
   return float(cost.get("flops", float("nan")))
 
 
-def _targets(batch) -> float:
-  """Target items in a model batch (weighted rows of decoder tokens / tokens per item)."""
-  weights = batch["decoder_loss_weights"]
-  return float((weights > 0).sum()) / weights.shape[-1]
+def _targets(batch, tokens_per_item: int) -> float:
+  """Target items in a model batch (weighted decoder tokens / tokens per item)."""
+  return float((batch["decoder_loss_weights"] > 0).sum()) / tokens_per_item
+
+
+def _shape_key(batch) -> tuple:
+  return tuple(sorted((k, v.shape) for k, v in batch.items()))
 
 
 def compare_layouts(split, sids, layout, steps: int) -> dict:
@@ -114,7 +130,12 @@ def compare_layouts(split, sids, layout, steps: int) -> dict:
       "item_encoder": (sequence_model.ItemEncoderDecoderModel.from_config(config, layout),
                        windows_lib.split_windows(split, 20), 128, (6, 11, 21),
                        lambda b: sequence_batch.make_sequence_token_batch(b, sids, layout)),
+      # The same number of layers as TIGER's 4 + 4, in one causal stack.
+      "decoder_only": (decoder_only_model.DecoderOnlyModel.from_config(config, layout),
+                       windows_lib.split_windows(split, 20), 128, (6, 11, 21),
+                       lambda b: sequence_batch.make_decoder_only_batch(b, sids, layout)),
   }
+  per_item = layout.num_levels
   results = {}
   for name, (model, rows, batch_size, boundaries, convert) in variants.items():
     bcfg = batching.BatchingConfig(batch_size=batch_size, bucket_boundaries=boundaries,
@@ -125,20 +146,19 @@ def compare_layouts(split, sids, layout, steps: int) -> dict:
     full = convert(trainer_lib.example_batch(rows, batch_size))
     trainer = trainer_lib.Trainer(model, tcfg, {k: v.shape for k, v in full.items()})
     state = trainer.init_state()
-    by_shape = {b["decoder_target_tokens"].shape + b["encoder_input_tokens"].shape: b
-                for b in batches}
-    flops = {k: _flops(trainer, state, b) / max(_targets(b), 1.0) for k, b in by_shape.items()}
+    by_shape = {_shape_key(b): b for b in batches}
+    flops = {k: _flops(trainer, state, b) / max(_targets(b, per_item), 1.0)
+             for k, b in by_shape.items()}
     for b in by_shape.values():
       state, m = trainer.step(state, b)
     jax.block_until_ready(m["loss"])
     start, targets = time.perf_counter(), 0.0
     for b in batches:
       state, m = trainer.step(state, b)
-      targets += _targets(b)
+      targets += _targets(b, per_item)
     jax.block_until_ready(m["loss"])
     seconds = time.perf_counter() - start
-    mean_flops = float(np.mean([flops[b["decoder_target_tokens"].shape +
-                                      b["encoder_input_tokens"].shape] for b in batches]))
+    mean_flops = float(np.mean([flops[_shape_key(b)] for b in batches]))
     results[name] = {"targets_per_s": round(targets / seconds, 1),
                      "steps_per_s": round(steps / seconds, 3),
                      "targets_per_step": round(targets / steps, 1),
@@ -153,6 +173,56 @@ def compare_layouts(split, sids, layout, steps: int) -> dict:
     results[name]["flops_per_target_ratio"] = round(
         results[name]["mean_flops_per_target"] / base["mean_flops_per_target"], 3)
   return results
+
+
+def compare_loop(split, sids, layout, steps: int, training_layout: str, workdir: str
+                 ) -> dict:
+  """Steps/s of `trainer.train` (host conversion, logging, metric fetches, the final
+  checkpoint) against the bare jitted step on pre-converted batches, same config, same
+  data order, same run. Both unbucketed (one shape) so compilation is timed out of both:
+  the bare loop is warmed up, and the trainer's first log window (which compiles) is
+  dropped."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  model_cls, convert_fn = {
+      "item_encoder": (sequence_model.ItemEncoderDecoderModel,
+                       sequence_batch.make_sequence_token_batch),
+      "decoder_only": (decoder_only_model.DecoderOnlyModel,
+                       sequence_batch.make_decoder_only_batch)}[training_layout]
+  config = t5_config.T5Config.tiger(layout.vocab_size, **_CPU_MODEL)
+  model = model_cls.from_config(config, layout)
+  convert = lambda b: convert_fn(b, sids, layout)  # noqa: E731
+  rows = windows_lib.split_windows(split, 20)
+  bcfg = batching.BatchingConfig(batch_size=128, bucket_boundaries=())
+  optimizer = trainer_lib.optimizers.OptimizerConfig(name="adamw", schedule="constant",
+                                                     learning_rate=1e-3)
+  warm = 10
+  tcfg = trainer_lib.TrainerConfig(batching=bcfg, optimizer=optimizer, num_steps=warm + steps,
+                                   log_every=warm, eval_every=0,
+                                   checkpoint_every=10 ** 9, max_history=20)
+  it = batching.train_iterator(rows, bcfg)
+  batches = [convert(next(it)) for _ in range(warm + steps)]
+  trainer = trainer_lib.Trainer(model, tcfg, {k: v.shape for k, v in batches[0].items()})
+  state = trainer.init_state()
+  for b in batches[:warm]:
+    state, m = trainer.step(state, b)
+  jax.block_until_ready(m["loss"])
+  start = time.perf_counter()
+  for b in batches[warm:]:
+    state, m = trainer.step(state, b)
+  jax.block_until_ready(m["loss"])
+  bare = steps / (time.perf_counter() - start)
+  del state
+  with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+    trainer_lib.train(model, split, convert, tcfg, tmp, progress=False, examples=rows)
+    entries = [e for e in files.read_jsonl(os.path.join(tmp, "metrics.jsonl"))
+               if "examples_per_s" in e and e["step"] > warm]
+  seconds = sum(warm * bcfg.batch_size / e["examples_per_s"] for e in entries)
+  loop = warm * len(entries) / seconds
+  out = {"training_layout": training_layout, "timed_steps": steps, "batch_size": 128,
+         "bare_step_steps_per_s": round(bare, 3), "trainer_loop_steps_per_s": round(loop, 3),
+         "loop_over_bare": round(loop / bare, 3)}
+  print(out, flush=True)
+  return out
 
 
 def main(argv):
@@ -170,6 +240,14 @@ def main(argv):
   results = {"dataset": _DATASET.value, "batch_size": _BATCH.value, "levels": levels,
              "vocab_size": layout.vocab_size, "devices": jax.device_count(),
              "backend": jax.default_backend()}
+  if _LOOP.value:
+    results["loop"] = compare_loop(split, sids, layout, _STEPS.value, _LOOP.value,
+                                   _WORKDIR.value)
+    print(json.dumps(results, indent=1))
+    if _JSON.value:
+      with open(_JSON.value, "w") as f:
+        json.dump(results, f, indent=1)
+    return
   if _LAYOUTS.value:
     results["layouts"] = compare_layouts(split, sids, layout, _STEPS.value)
     print(json.dumps(results, indent=1))

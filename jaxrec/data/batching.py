@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import grain
 import numpy as np
@@ -178,12 +178,18 @@ def train_dataset(examples: TrainExamples, config: BatchingConfig = BatchingConf
 
 
 def train_iterator(examples: TrainExamples, config: BatchingConfig = BatchingConfig(),
-                   state: Optional[dict] = None, **shard_kwargs) -> grain.DatasetIterator:
+                   state: Optional[dict] = None, transform: Optional[Callable] = None,
+                   **shard_kwargs) -> grain.DatasetIterator:
   """A prefetching iterator over `train_dataset`, resumed from `state` if given.
 
-  `iterator.get_state()` is a small dict; store it in the checkpoint.
+  `transform` (e.g. the model's host batch conversion) runs on each batch inside the
+  prefetching threads, so it overlaps the device step; the state still counts the
+  batches handed out. `iterator.get_state()` is a small dict; store it in the checkpoint.
   """
-  ds = train_dataset(examples, config, **shard_kwargs).to_iter_dataset(
+  ds = train_dataset(examples, config, **shard_kwargs)
+  if transform is not None:
+    ds = ds.map(transform)
+  ds = ds.to_iter_dataset(
       grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch))
   it = iter(ds)
   if state is not None:

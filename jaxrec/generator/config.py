@@ -28,7 +28,9 @@ class T5Config:
     head_dim: width of each head (num_heads * head_dim need not equal emb_dim).
     mlp_dim: hidden width of the feed-forward block.
     num_encoder_layers: encoder depth.
-    num_decoder_layers: decoder depth.
+    num_decoder_layers: decoder depth. The decoder-only layout stacks
+      num_encoder_layers + num_decoder_layers layers (`decoder_only_layers`: the
+      encoder-decoder's layer budget in one causal stack).
     dropout_rate: dropout after embeddings, attention weights, sublayers and the
       final norms (T5 places).
     mlp_activations: one activation per input projection `wi_i`, multiplied
@@ -120,6 +122,11 @@ class T5Config:
   def item_width(self) -> int:
     """Encoder tokens per history item (0 when no position embedding needs it)."""
     return int(self.encoder_tokens_per_item or self.code_position_embeddings)
+
+  @property
+  def decoder_only_layers(self) -> int:
+    """Depth of the decoder-only network: the encoder's and the decoder's layers."""
+    return int(self.num_encoder_layers + self.num_decoder_layers)
 
   @property
   def position_embeddings(self) -> bool:

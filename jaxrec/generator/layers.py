@@ -116,6 +116,48 @@ def dot_product_attention(query: Array, key: Array, value: Array,
   return jnp.einsum("bhqk,bkhd->bqhd", jnp.asarray(weights, dtype), jnp.asarray(value, dtype))
 
 
+def dot_product_attention_with_prefix(query: Array, key: Array, value: Array,
+                                      bias: Optional[Array], prefix_key: Array,
+                                      prefix_value: Array, prefix_bias: Array,
+                                      dtype: DType = jnp.float32) -> Array:
+  """One softmax over a shared prefix's keys and the rows' own keys (no dropout: decoding).
+
+  The prefix (e.g. a decoder-only model's history) is stored once per user and shared by
+  a group of query rows (the user's beams or candidates): rows [b * group, (b + 1) *
+  group) read prefix row b, without copying it per row.
+
+  Args:
+    query: [rows, q_length, heads, head_dim], rows = group * users.
+    key, value: [rows, kv_length, heads, head_dim], the rows' own keys/values.
+    bias: [rows or 1, heads or 1, q_length, kv_length] (mask and relative positions).
+    prefix_key, prefix_value: [users, prefix_length, heads, head_dim].
+    prefix_bias: [users or 1, heads or 1, q_length, prefix_length].
+    dtype: output dtype; logits and softmax are float32.
+
+  Returns:
+    [rows, q_length, heads, head_dim] in `dtype`.
+  """
+  rows, length_q, heads, head_dim = query.shape
+  users, prefix_length = prefix_key.shape[:2]
+  group = rows // users
+  grouped = query.reshape(users, group, length_q, heads, head_dim)
+  prefix_logits = jnp.einsum("bgqhd,bphd->bghqp", grouped, prefix_key,
+                             preferred_element_type=jnp.float32)
+  prefix_logits = prefix_logits + jnp.asarray(prefix_bias, jnp.float32)[:, None]
+  own_logits = jnp.einsum("rqhd,rkhd->rhqk", query, key, preferred_element_type=jnp.float32)
+  if bias is not None:
+    own_logits = own_logits + jnp.asarray(bias, jnp.float32)
+  logits = jnp.concatenate(
+      [prefix_logits.reshape(rows, heads, length_q, prefix_length), own_logits], axis=-1)
+  weights = jnp.asarray(jax.nn.softmax(logits, axis=-1), dtype)
+  prefix_weights = weights[..., :prefix_length].reshape(users, group, heads, length_q,
+                                                        prefix_length)
+  out = jnp.einsum("bghqp,bphd->bgqhd", prefix_weights, jnp.asarray(prefix_value, dtype))
+  out = out.reshape(rows, length_q, heads, head_dim)
+  return out + jnp.einsum("rhqk,rkhd->rqhd", weights[..., prefix_length:],
+                          jnp.asarray(value, dtype))
+
+
 def make_attention_mask(query_input: Array, key_input: Array, dtype: DType = jnp.float32
                         ) -> Array:
   """[batch, q] and [batch, k] truthy arrays -> [batch, 1, q, k] mask (1 = attend)."""
@@ -173,7 +215,8 @@ class MultiHeadDotProductAttention(nn.Module):
   def __call__(self, inputs_q: Optional[Array], inputs_kv: Optional[Array],
                mask: Optional[Array] = None, bias: Optional[Array] = None, *,
                decode: bool = False, deterministic: bool = True,
-               kv: Optional[Tuple[Array, Array]] = None) -> Array:
+               kv: Optional[Tuple[Array, Array]] = None,
+               prefix: Optional[Tuple[Array, Array, Array]] = None) -> Array:
     """Attention from inputs_q to inputs_kv.
 
     Args:
@@ -191,6 +234,12 @@ class MultiHeadDotProductAttention(nn.Module):
         batch = group * kv_batch: query rows [b * group, (b + 1) * group) share kv
         row b (e.g. the beams of one user). The group's queries are folded into one
         query axis, so keys/values are neither recomputed nor copied per beam.
+      prefix: (key, value, bias) of a shared self-attention prefix (a decoder-only
+        model's history, see `dot_product_attention_with_prefix`): key/value [users,
+        P, heads, head_dim], bias [users or 1, heads or 1, q_length, P] (mask and
+        relative positions; when decoding a step, [.., max_length, P], row
+        `cache_index` used). The softmax runs over prefix and own keys together.
+        Inference only (no dropout).
 
     Returns:
       [batch, q_length, embed] in `dtype`.
@@ -240,6 +289,8 @@ class MultiHeadDotProductAttention(nn.Module):
         mask = combine_masks(mask, jnp.asarray(step_mask, jnp.float32))
         if bias is not None:
           bias = lax.dynamic_slice_in_dim(bias, cur, 1, axis=-2)
+        if prefix is not None:
+          prefix = prefix[:2] + (lax.dynamic_slice_in_dim(prefix[2], cur, 1, axis=-2),)
 
     attention_bias = mask_to_bias(mask)
     if bias is not None:
@@ -247,8 +298,14 @@ class MultiHeadDotProductAttention(nn.Module):
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng("dropout")
-    x = dot_product_attention(query, key, value, attention_bias, self.dropout_rate,
-                              dropout_rng, self.dtype)
+    if prefix is not None:
+      if kv is not None:
+        raise ValueError("a shared prefix and precomputed kv cannot be combined")
+      x = dot_product_attention_with_prefix(query, key, value, attention_bias, *prefix,
+                                            dtype=self.dtype)
+    else:
+      x = dot_product_attention(query, key, value, attention_bias, self.dropout_rate,
+                                dropout_rng, self.dtype)
     if kv is not None:
       x = x.reshape((batch_q, length_q) + x.shape[2:])
     x = nn.with_logical_constraint(x, axes)

@@ -1,6 +1,7 @@
 """Host-side conversion of per-sequence window batches (`data.windows`) to the token arrays
-of `ItemEncoderDecoderModel`: the encoder reads the window's items but the last, the decoder
-at position t generates item t + 1 (weighted when it is one of the window's targets).
+of the per-sequence models: `ItemEncoderDecoderModel` (the encoder reads the window's items
+but the last, the decoder at position t generates item t + 1, weighted when it is one of
+the window's targets) and `DecoderOnlyModel` (the window's code tokens as one sequence).
 """
 
 from __future__ import annotations
@@ -14,11 +15,54 @@ from jaxrec.generator.vocab import (BOS_ID, PAD_ID, TargetLayout, TokenLayout, _
                                     check_levels)
 
 
+def _windows(batch: Mapping[str, np.ndarray], semantic_ids: np.ndarray,
+             layout: Union[TokenLayout, TargetLayout], target_levels, encoder_levels,
+             entry: str) -> tuple:
+  """Checked window fields: (layout, sids, history [B, W], target columns, encoder
+  columns, item tokens [B, W, L] (PAD for padding items), row weights [B, W - 1] (the
+  batch weight where window position t + 1 is a target, else 0))."""
+  if isinstance(layout, TargetLayout):
+    target_levels = layout.levels if target_levels is None else target_levels
+    layout = layout.layout
+  target_cols = list(check_levels(target_levels, layout.num_levels, f"{entry}.target_levels"))
+  encoder_cols = list(check_levels(encoder_levels, layout.num_levels,
+                                   f"{entry}.encoder_levels"))
+  sids = layout.check_semantic_ids(semantic_ids)
+  if "first_target" not in batch:
+    raise DataError("the per-sequence generator needs window batches (with "
+                    f"'first_target'), got fields {sorted(batch)}.",
+                    fix="train on windows.split_windows(split, max_history) (the trainer does "
+                        "this with a per-sequence training_layout).")
+  history = np.asarray(batch["history"])
+  if history.ndim != 2 or history.shape[1] < 2:
+    raise DataError(f"batch['history'] must be [batch, width >= 2] windows, got shape "
+                    f"{history.shape}.")
+  size, width = history.shape
+  _check_items(history, sids.shape[0] - 1, "history")
+  length = np.asarray(batch["length"]).astype(np.int64)
+  first = np.asarray(batch["first_target"]).astype(np.int64)
+  weight = np.asarray(batch.get("weight", np.ones(size)), np.float32)
+  tokens = np.where(history[..., None] > 0, layout.code_to_token(sids[history]), PAD_ID)
+  position = np.arange(1, width)[None, :]  # the target's window position.
+  is_target = (position >= first[:, None]) & (position < length[:, None])
+  row_weight = np.where(is_target, weight[:, None], 0.0)  # [B, W - 1]
+  return layout, history, target_cols, encoder_cols, tokens.astype(np.int32), row_weight
+
+
+def _user_tokens(batch: Mapping[str, np.ndarray], layout: TokenLayout, size: int
+                 ) -> np.ndarray:
+  """[B, U] int32 user tokens (U = 0 without user buckets)."""
+  if not layout.num_user_buckets:
+    return np.zeros((size, 0), np.int32)
+  user = np.asarray(batch.get("user", np.full(size, -1)))
+  return layout.user_token(user)[:, None].astype(np.int32)
+
+
 def make_sequence_token_batch(batch: Mapping[str, np.ndarray], semantic_ids: np.ndarray,
                               layout: Union[TokenLayout, TargetLayout],
                               target_levels: Optional[Sequence[int]] = None,
                               encoder_levels: Optional[Sequence[int]] = None) -> dict:
-  """Window batch -> sequence token batch (NumPy).
+  """Window batch -> sequence token batch of `ItemEncoderDecoderModel` (NumPy).
 
   Args:
     batch: history [B, W] int32 (a window, oldest first, 0-padded at the end), length
@@ -38,42 +82,68 @@ def make_sequence_token_batch(batch: Mapping[str, np.ndarray], semantic_ids: np.
   Raises:
     DataError: bad shapes, a missing first_target, item ids outside the table.
   """
-  if isinstance(layout, TargetLayout):
-    target_levels = layout.levels if target_levels is None else target_levels
-    layout = layout.layout
-  target_cols = list(check_levels(target_levels, layout.num_levels,
-                                  "make_sequence_token_batch.target_levels"))
-  encoder_cols = list(check_levels(encoder_levels, layout.num_levels,
-                                   "make_sequence_token_batch.encoder_levels"))
-  sids = layout.check_semantic_ids(semantic_ids)
-  if "first_target" not in batch:
-    raise DataError("the per-sequence generator needs window batches (with "
-                    f"'first_target'), got fields {sorted(batch)}.",
-                    fix="train on windows.split_windows(split, max_history) (the trainer does "
-                        "this with training_layout='item_encoder').")
-  history = np.asarray(batch["history"])
-  if history.ndim != 2 or history.shape[1] < 2:
-    raise DataError(f"batch['history'] must be [batch, width >= 2] windows, got shape "
-                    f"{history.shape}.")
+  layout, history, target_cols, encoder_cols, tokens, row_weight = _windows(
+      batch, semantic_ids, layout, target_levels, encoder_levels,
+      "make_sequence_token_batch")
   size, width = history.shape
-  _check_items(history, sids.shape[0] - 1, "history")
-  length = np.asarray(batch["length"]).astype(np.int64)
-  first = np.asarray(batch["first_target"]).astype(np.int64)
-  weight = np.asarray(batch.get("weight", np.ones(size)), np.float32)
-  inputs = history[:, :-1]
-  tokens = np.where(inputs[..., None] > 0, layout.code_to_token(sids[inputs]), PAD_ID)
-  tokens = tokens[..., encoder_cols].reshape(size, (width - 1) * len(encoder_cols))
-  if layout.num_user_buckets:
-    user = np.asarray(batch.get("user", np.full(size, -1)))
-    tokens = np.concatenate([layout.user_token(user)[:, None], tokens], axis=1)
-  position = np.arange(1, width)[None, :]  # the target's window position.
-  is_target = (position >= first[:, None]) & (position < length[:, None])
-  row_weight = np.where(is_target, weight[:, None], 0.0)  # [B, n]
-  targets = layout.code_to_token(sids[history[:, 1:]])[..., target_cols]
-  targets = np.where(row_weight[..., None] > 0, targets, PAD_ID).astype(np.int32)
+  inputs = tokens[:, :-1][..., encoder_cols].reshape(size, (width - 1) * len(encoder_cols))
+  inputs = np.concatenate([_user_tokens(batch, layout, size), inputs], axis=1)
+  targets = np.where(row_weight[..., None] > 0, tokens[:, 1:][..., target_cols], PAD_ID)
   bos = np.full(targets.shape[:2] + (1,), BOS_ID, np.int32)
-  return {"encoder_input_tokens": tokens.astype(np.int32),
+  return {"encoder_input_tokens": inputs.astype(np.int32),
           "decoder_input_tokens": np.concatenate([bos, targets[..., :-1]], axis=-1),
-          "decoder_target_tokens": targets,
+          "decoder_target_tokens": targets.astype(np.int32),
           "decoder_loss_weights": np.repeat(row_weight[..., None], len(target_cols),
                                             axis=-1).astype(np.float32)}
+
+
+def decoder_only_columns(target_levels: Sequence[int], encoder_levels: Sequence[int]
+                         ) -> list:
+  """The columns of one item's block in a decoder-only sequence: the generated (target)
+  columns first, then the other columns the history reads."""
+  target = [int(c) for c in target_levels]
+  return target + [int(c) for c in encoder_levels if int(c) not in target]
+
+
+def make_decoder_only_batch(batch: Mapping[str, np.ndarray], semantic_ids: np.ndarray,
+                            layout: Union[TokenLayout, TargetLayout],
+                            target_levels: Optional[Sequence[int]] = None,
+                            encoder_levels: Optional[Sequence[int]] = None) -> dict:
+  """Window batch -> the token sequence of `DecoderOnlyModel` (NumPy).
+
+  The sequence is [BOS, user token?, item_0's block, ..., item_{W-1}'s block], 0-padded
+  at the end; an item's block is its `encoder_levels` columns, which must start with the
+  `target_levels` (`decoder_only_columns`). The loss covers the target columns of every
+  target item.
+
+  Args: as `make_sequence_token_batch`.
+
+  Returns (S = U + W * E tokens, E block columns, U user tokens):
+    decoder_input_tokens: [B, S] int32, the sequence but its last token.
+    decoder_target_tokens: [B, S] int32, the sequence shifted by one (token s + 1).
+    decoder_loss_weights: [B, S] float32, the row weight at the target columns of target
+      items, else 0.
+
+  Raises:
+    DataError: as `make_sequence_token_batch`; encoder_levels that do not start with the
+      target levels.
+  """
+  layout, history, target_cols, encoder_cols, tokens, row_weight = _windows(
+      batch, semantic_ids, layout, target_levels, encoder_levels, "make_decoder_only_batch")
+  if encoder_cols[:len(target_cols)] != target_cols:
+    raise DataError(f"a decoder-only item block must start with the generated columns "
+                    f"{target_cols}, got encoder_levels {encoder_cols}.",
+                    fix="pass encoder_levels=decoder_only_columns(target_levels, "
+                        "encoder_levels) (generator_job.setup does).")
+  size, width = history.shape
+  user = _user_tokens(batch, layout, size)
+  blocks = tokens[..., encoder_cols].reshape(size, width * len(encoder_cols))
+  sequence = np.concatenate([np.full((size, 1), BOS_ID, np.int32), user, blocks], axis=1)
+  item_weight = np.concatenate([np.zeros((size, 1), np.float32), row_weight], axis=1)
+  column_weight = np.zeros(len(encoder_cols), np.float32)
+  column_weight[:len(target_cols)] = 1.0
+  weights = (item_weight[..., None] * column_weight).reshape(size, -1)
+  weights = np.concatenate([np.zeros(user.shape, np.float32), weights], axis=1)
+  return {"decoder_input_tokens": sequence[:, :-1].astype(np.int32),
+          "decoder_target_tokens": sequence[:, 1:].astype(np.int32),
+          "decoder_loss_weights": weights.astype(np.float32)}

@@ -120,6 +120,10 @@ class ItemEncoderDecoderModel(EncoderDecoderModel):
     return self.token_loss(rows(logits), rows(batch["decoder_target_tokens"]),
                            rows(_weights(batch)))
 
+  def position_logits(self, params: PyTree, batch: Mapping[str, Array]) -> Array:
+    """[B, n, L, vocab] float32: position t's logits of item t + 1's codes."""
+    return self.sequence_logits(params, batch)
+
   def score_batch(self, params: PyTree, batch: Mapping[str, Array]) -> Array:
     """[B, n] float32: log-likelihood of each position's target item (weight > 0)."""
     logits = self.sequence_logits(params, batch)

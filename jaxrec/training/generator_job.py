@@ -23,7 +23,9 @@ from jaxrec.data.splits import leave_one_out
 from jaxrec.data import windows as windows_lib
 from jaxrec.decoding import DecodingConfig, build_trie, trie_stats
 from jaxrec.generator import EncoderDecoderModel, T5Config, TokenLayout, make_token_batch
-from jaxrec.generator.sequence_batch import make_sequence_token_batch
+from jaxrec.generator.decoder_only_model import DecoderOnlyModel
+from jaxrec.generator.sequence_batch import (decoder_only_columns, make_decoder_only_batch,
+                                             make_sequence_token_batch)
 from jaxrec.generator.sequence_model import ItemEncoderDecoderModel
 from jaxrec.pipeline import EvalConfig, evaluate_and_save
 from jaxrec.quantizers import modalities as modalities_lib
@@ -99,16 +101,21 @@ def make_batch_fn(semantic_ids: np.ndarray, layout: TokenLayout, max_history: in
 
 def make_sequence_batch_fn(semantic_ids: np.ndarray, layout: TokenLayout,
                            target_levels: Optional[Sequence[int]] = None,
-                           encoder_levels: Optional[Sequence[int]] = None
-                           ) -> trainer_lib.BatchFn:
-  """Host window batch (`windows.TrainWindows` rows) -> per-sequence token batch."""
-  return lambda batch: make_sequence_token_batch(batch, semantic_ids, layout, target_levels,
-                                                 encoder_levels)
+                           encoder_levels: Optional[Sequence[int]] = None,
+                           training_layout: str = "item_encoder") -> trainer_lib.BatchFn:
+  """Host window batch (`windows.TrainWindows` rows) -> the per-sequence token batch of
+  `training_layout` ("item_encoder" or "decoder_only")."""
+  convert = SEQUENCE_BATCHES[training_layout]
+  return lambda batch: convert(batch, semantic_ids, layout, target_levels, encoder_levels)
 
 
 # Generator training layouts: one example per prefix (TIGER as published), or one window
 # per user sequence whose every item is a target (causal item encoder + code decoder).
-TRAINING_LAYOUTS = {"per_example": EncoderDecoderModel, "item_encoder": ItemEncoderDecoderModel}
+# A decoder-only model over each window's code tokens (t5x's decoder-only model).
+TRAINING_LAYOUTS = {"per_example": EncoderDecoderModel, "item_encoder": ItemEncoderDecoderModel,
+                    "decoder_only": DecoderOnlyModel}
+SEQUENCE_BATCHES = {"item_encoder": make_sequence_token_batch,
+                    "decoder_only": make_decoder_only_batch}
 
 
 def history_tokens(histories: np.ndarray, semantic_ids: np.ndarray, layout: TokenLayout,
@@ -270,7 +277,8 @@ def setup(semantic_ids_path: str, dataset: DatasetConfig, trainer_config: traine
   if training_layout not in TRAINING_LAYOUTS:
     raise DataError(f"training_layout={training_layout!r} is not one of "
                     f"{sorted(TRAINING_LAYOUTS)}", path=f"{entry}.training_layout",
-                    fix="bind 'item_encoder' (per-sequence) or 'per_example' (TIGER's).")
+                    fix="bind 'item_encoder' or 'decoder_only' (per-sequence) or "
+                        "'per_example' (TIGER's).")
   if training_layout != "per_example" and position_embeddings:
     raise DataError(f"position_embeddings (MSCGRec's dual position embeddings) apply to the "
                     f"per-example encoder, not to training_layout={training_layout!r} (one "
@@ -283,6 +291,11 @@ def setup(semantic_ids_path: str, dataset: DatasetConfig, trainer_config: traine
   segments = modalities_lib.read(semantic_ids_path, layout.num_levels)
   target_levels, encoder_levels, token_modalities, encoder_names = resolve_modalities(
       segments, target_modality, encoder_modalities, entry)
+  if training_layout == "decoder_only":
+    # An item's block in the sequence: the generated columns first, then the others read.
+    modality_of = dict(zip(encoder_levels, token_modalities))
+    encoder_levels = tuple(decoder_only_columns(target_levels, encoder_levels))
+    token_modalities = tuple(modality_of.get(c, len(encoder_names)) for c in encoder_levels)
   rate = modality_mask_rate
   if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
     raise DataError(f"modality_mask_rate must be in [0, 1), got {rate!r}",
@@ -333,7 +346,8 @@ def setup(semantic_ids_path: str, dataset: DatasetConfig, trainer_config: traine
   if training_layout == "per_example":
     batch_fn, examples = make_batch_fn(ids, layout, mh, target_levels, encoder_levels), None
   else:
-    batch_fn = make_sequence_batch_fn(ids, layout, target_levels, encoder_levels)
+    batch_fn = make_sequence_batch_fn(ids, layout, target_levels, encoder_levels,
+                                      training_layout)
     examples = windows_lib.split_windows(split, mh)
   return GeneratorSetup(split, ids, layout, model, fp, batch_fn, make, target_levels,
                         encoder_levels, segments, examples)
@@ -384,8 +398,9 @@ def train_generator(workdir: str, semantic_ids_path: str,
       the item (sets the `T5Config` position fields).
     training_layout: "per_example" (one example per prefix, TIGER's encoder-decoder)
       or "item_encoder" (per sequence: a causal item encoder over each training window
-      and a code decoder at every position, every item a target in one pass; see
-      docs/generator.md).
+      and a code decoder at every position, every item a target in one pass) or
+      "decoder_only" (per sequence: a causal decoder over the window's code tokens,
+      the loss at every target item's codes); see docs/generator.md.
 
   Returns:
     The trainer's summary (also written to train_summary.json).

@@ -386,12 +386,14 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
     log.write({"step": step, "event": "start" if step == 0 else "resume", "fingerprint": fp,
                "devices": jax.device_count(), "processes": jax.process_count(),
                "mesh": dict(trainer.mesh.shape)})
-    it = batching.train_iterator(examples, config.batching, state=meta.get("data_state"))
+    # The host conversion runs in the iterator's prefetch threads (overlapping the step).
+    it = batching.train_iterator(examples, config.batching, state=meta.get("data_state"),
+                                 transform=batch_fn)
     pending, window_start, last_loss = [], time.perf_counter(), None
     bar = tqdm.tqdm(total=config.num_steps, initial=step, unit="step", desc="train",
                     disable=not progress or jax.process_index() != 0)
     while step < config.num_steps and not best["stopped_early"]:
-      state, metrics = trainer.step(state, batch_fn(next(it)))
+      state, metrics = trainer.step(state, next(it))
       step += 1
       pending.append(metrics)
       last = step == config.num_steps

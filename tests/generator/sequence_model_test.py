@@ -1,4 +1,5 @@
-"""The per-sequence generator (causal item encoder + code decoder): windows hold every
+"""The per-sequence generators (causal item encoder + code decoder, and decoder-only):
+windows hold every
 training target once with its whole history; the per-sequence loss at target t equals the
 per-example score of the prefix that ends before t; the constrained per-position loss
 matches a hand computation on a three-item trie; beam search on it returns real items and
@@ -14,7 +15,8 @@ from jaxrec.data.windows import training_windows
 from jaxrec.data.splits import training_prefixes
 from jaxrec.decoding import build_trie, exact_top_k, make_beam_search
 from jaxrec.generator import T5Config, TokenLayout, make_token_batch
-from jaxrec.generator.sequence_batch import make_sequence_token_batch
+from jaxrec.generator.decoder_only_model import DecoderOnlyModel
+from jaxrec.generator.sequence_batch import make_decoder_only_batch, make_sequence_token_batch
 from jaxrec.generator.sequence_model import ItemEncoderDecoderModel
 
 MAX_HISTORY = 4
@@ -32,9 +34,18 @@ def _unbox(tree):
                       is_leaf=lambda x: hasattr(x, "value"))
 
 
-def _model(layout, **kwargs):
+# Each per-sequence architecture: its model class and its window-batch conversion.
+ARCHITECTURES = {"item_encoder": (ItemEncoderDecoderModel, make_sequence_token_batch),
+                 "decoder_only": (DecoderOnlyModel, make_decoder_only_batch)}
+
+
+def _model(layout, arch="item_encoder", **kwargs):
   cfg = T5Config.tiny(layout.vocab_size, num_encoder_layers=2, num_decoder_layers=2)
-  return ItemEncoderDecoderModel.from_config(cfg, layout, **kwargs)
+  return ARCHITECTURES[arch][0].from_config(cfg, layout, **kwargs)
+
+
+def _batch(arch, *args, **kwargs):
+  return ARCHITECTURES[arch][1](*args, **kwargs)
 
 
 def _window_batch(windows, **extra):
@@ -65,14 +76,15 @@ def test_windows_known_answer_and_every_prefix_target_once():
     training_windows(seq, offsets, 0)
 
 
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("user_buckets", [0, 7])
-def test_per_sequence_loss_equals_the_per_example_loss_of_each_prefix(user_buckets):
+def test_per_sequence_loss_equals_the_per_example_loss_of_each_prefix(user_buckets, arch):
   ids = _ids()
   layout = TokenLayout(num_levels=3, codebook_sizes=4, num_user_buckets=user_buckets)
-  model = _model(layout)
+  model = _model(layout, arch)
   seq, offsets = np.array([3, 5, 1, 7, 2, 9, 4]), np.array([0, 7])
   w = training_windows(seq, offsets, MAX_HISTORY)
-  batch = make_sequence_token_batch(_window_batch(w), ids, layout)
+  batch = _batch(arch, _window_batch(w), ids, layout)
   params = _unbox(model.get_initial_variables(
       jax.random.PRNGKey(1), {k: v.shape for k, v in batch.items()})["params"])
   per_sequence = np.asarray(model.score_batch(params, batch))  # [windows, positions]
@@ -95,16 +107,17 @@ def test_per_sequence_loss_equals_the_per_example_loss_of_each_prefix(user_bucke
                              -per_sequence.sum() / (3 * w.num_targets), rtol=1e-5)
 
 
-def test_constrained_per_position_loss_matches_a_hand_computation_on_three_items():
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_constrained_per_position_loss_matches_a_hand_computation_on_three_items(arch):
   ids = np.array([[0, 0, 0], [0, 1, 0], [0, 1, 1], [1, 0, 0]], np.int32)  # items 1..3
   layout = TokenLayout(num_levels=3, codebook_sizes=2, num_user_buckets=0)
   trie = build_trie(ids)
-  model = _model(layout, trie=trie, constrained_loss=True)
+  model = _model(layout, arch, trie=trie, constrained_loss=True)
   w = training_windows(np.array([1, 3, 2, 1]), np.array([0, 4]), MAX_HISTORY)
-  batch = make_sequence_token_batch(_window_batch(w), ids, layout)
+  batch = _batch(arch, _window_batch(w), ids, layout)
   params = _unbox(model.get_initial_variables(
       jax.random.PRNGKey(2), {k: v.shape for k, v in batch.items()})["params"])
-  logits = np.asarray(model.sequence_logits(params, batch))[0]  # [positions, L, V]
+  logits = np.asarray(model.position_logits(params, batch))[0]  # [positions, L, V]
   offsets = layout.level_offsets
   # Allowed codes after each prefix, enumerated by hand from the three IDs.
   allowed = {(): [0, 1], (0,): [1], (1,): [0], (0, 1): [0, 1], (1, 0): [0]}
@@ -119,11 +132,12 @@ def test_constrained_per_position_loss_matches_a_hand_computation_on_three_items
   np.testing.assert_allclose(metrics["cross_ent_loss"], np.mean(total), rtol=1e-5)
 
 
-def test_beam_search_on_the_item_encoder_returns_real_items_and_matches_exact_scoring():
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_beam_search_returns_real_items_and_matches_exact_scoring(arch):
   ids = _ids(12)
   layout = TokenLayout(num_levels=3, codebook_sizes=4, num_user_buckets=0)
   trie = build_trie(ids)
-  model = _model(layout)
+  model = _model(layout, arch)
   params = _unbox(model.get_initial_variables(jax.random.PRNGKey(3))["params"])
   histories = np.array([[3, 5, 1, 0], [7, 0, 0, 0], [2, 9, 11, 12]], np.int32)
   batch = {"history": histories, "length": (histories > 0).sum(1)}

@@ -341,14 +341,17 @@ def test_best_saved_after_the_last_checkpoint_is_redone_on_resume(split, tmp_pat
 # ------------------------------------------------------------------ per-sequence generator
 
 
-def test_item_encoder_step_on_one_device_equals_a_4x2_mesh_step(tmp_path):
+@pytest.mark.parametrize("layout", ["item_encoder", "decoder_only"])
+def test_per_sequence_step_on_one_device_equals_a_4x2_mesh_step(tmp_path, layout):
   job, kw = _tiny_generator_setup(tmp_path)
-  s = job.setup(**kw, training_layout="item_encoder")
+  s = job.setup(**kw, training_layout=layout)
   config = kw["trainer_config"]
   assert s.examples is not None and s.examples.num_targets == len(
       s.split.train_examples(config.max_history))
   host = s.batch_fn(trainer_lib.example_batch(s.examples, 8))
-  assert host["decoder_target_tokens"].shape == (8, config.max_history, 3)
+  expected = ((8, config.max_history, 3) if layout == "item_encoder" else
+              (8, (config.max_history + 1) * 3))  # [BOS, codes...] but the last token.
+  assert host["decoder_target_tokens"].shape == expected
   shapes = {k: v.shape for k, v in host.items()}
   results = []
   for cfg, devices in [(dataclasses.replace(config, mesh=partitioning.MeshConfig()),
@@ -362,7 +365,8 @@ def test_item_encoder_step_on_one_device_equals_a_4x2_mesh_step(tmp_path):
 
 
 @pytest.mark.slow
-def test_item_encoder_job_resumes_exactly_trains_and_evaluates(tmp_path):
+@pytest.mark.parametrize("layout", ["item_encoder", "decoder_only"])
+def test_per_sequence_job_resumes_exactly_trains_and_evaluates(tmp_path, layout):
   from jaxrec.pipeline import EvalConfig  # pylint: disable=g-import-not-at-top
   job, kw = _tiny_generator_setup(tmp_path)
   kw["trainer_config"] = dataclasses.replace(kw["trainer_config"], num_steps=4,
@@ -370,7 +374,7 @@ def test_item_encoder_job_resumes_exactly_trains_and_evaluates(tmp_path):
   eval_config = EvalConfig(batch_size=16, num_bootstrap=10)
   whole = str(tmp_path / "whole")
   job.train_generator(whole, eval_config=eval_config, progress=False,
-                      training_layout="item_encoder", **kw)
+                      training_layout=layout, **kw)
 
   def kill_at_3(step, state):
     if step == 3:
@@ -382,16 +386,16 @@ def test_item_encoder_job_resumes_exactly_trains_and_evaluates(tmp_path):
     trainer_lib.train = lambda *a, **k: original(*a, **{**k, "on_step": kill_at_3})
     try:
       job.train_generator(run, eval_config=eval_config, progress=False,
-                          training_layout="item_encoder", **kw)
+                          training_layout=layout, **kw)
     finally:
       trainer_lib.train = original
   summary = job.train_generator(run, eval_config=eval_config, progress=False,
-                                training_layout="item_encoder", **kw)
+                                training_layout=layout, **kw)
   assert summary["step"] == 4
   np.testing.assert_allclose([_losses(run)[s] for s in range(1, 5)],
                              [_losses(whole)[s] for s in range(1, 5)], rtol=1e-6)
   results = job.evaluate_generator(run, eval_config=eval_config, progress=False,
-                                   training_layout="item_encoder", **kw)
+                                   training_layout=layout, **kw)
   saved = json.load(open(os.path.join(run, "eval", "test_metrics.json")))
   assert saved["found_rate"] == 1.0
   assert results["valid"]["metrics"]["overall"]["ndcg@10"]["mean"] == pytest.approx(
@@ -399,4 +403,4 @@ def test_item_encoder_job_resumes_exactly_trains_and_evaluates(tmp_path):
   with pytest.raises(DataError, match="training_layout"):
     job.setup(**kw, training_layout="decoder_only_typo")
   with pytest.raises(DataError, match="position_embeddings"):
-    job.setup(**kw, training_layout="item_encoder", position_embeddings=True)
+    job.setup(**kw, training_layout=layout, position_embeddings=True)
