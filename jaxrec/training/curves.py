@@ -4,19 +4,63 @@ validation metric against step and training minutes (matplotlib, written atomica
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Mapping, Optional, Sequence
 
 from jaxrec import files
 from jaxrec import plots
 
 
+def training_minutes(entries: Sequence[dict]) -> list:
+  """Minutes of training at each entry of a metrics.jsonl (None without a "time"): wall
+  time since the first entry, minus the gaps before each "resume" entry (a killed run's
+  downtime; the time after its last checkpoint counts, as in a real restart)."""
+  out, total, previous = [], 0.0, None
+  for e in entries:
+    t = e.get("time")
+    if t is None:
+      out.append(None)
+      continue
+    if previous is not None and e.get("event") != "resume":
+      total += max(t - previous, 0.0)
+    previous = t
+    out.append(total / 60.0)
+  return out
+
+
 def eval_points(metrics_path: str, metric: str) -> list:
-  """[(step, minutes since the run's first entry, value)] of the "valid/<metric>" evals."""
+  """[(step, training minutes (`training_minutes`), value)] of the "valid/<metric>" evals."""
   entries = files.read_jsonl(metrics_path)
-  start = next((e["time"] for e in entries if "time" in e), None)
-  return [(e["step"], (e["time"] - start) / 60.0 if start is not None and "time" in e else None,
-           e[f"valid/{metric}"]) for e in entries
+  return [(e["step"], minutes, e[f"valid/{metric}"])
+          for e, minutes in zip(entries, training_minutes(entries))
           if e.get("event") == "eval" and f"valid/{metric}" in e]
+
+
+def plot_runs(runs: Mapping[str, str], metric: str, output: str) -> str:
+  """One figure of several runs' validation `metric` against training minutes.
+
+  Args:
+    runs: {label: workdir (holding metrics.jsonl)}, in legend order.
+    metric: e.g. "recall@10".
+    output: the PNG path (written atomically).
+
+  Raises:
+    ValueError: a run without eval entries carrying times.
+  """
+  fig = plots.figure(figsize=(7, 4))
+  ax = fig.subplots()
+  for label, workdir in runs.items():
+    points = [p for p in eval_points(os.path.join(workdir, "metrics.jsonl"), metric)
+              if p[1] is not None]
+    if not points:
+      raise ValueError(f"{workdir}/metrics.jsonl has no timed eval entries of {metric}.")
+    _, minutes, values = zip(*points)
+    ax.plot(minutes, values, marker="o", markersize=3, label=label)
+  ax.set_xlabel("training minutes (2-core CPU)")
+  ax.set_ylabel(f"valid {metric}")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  return plots.save_png(fig, output)
 
 
 def plot_validation_curve(workdir: str, metric: str = "ndcg@10",
