@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from jaxrec.training import curves
 
 
@@ -18,6 +20,37 @@ def test_validation_curve_points_and_png(tmp_path):
   path = curves.plot_validation_curve(str(tmp_path))
   assert path == os.path.join(tmp_path, "valid_curve.png") and os.path.getsize(path) > 1000
   assert curves.plot_validation_curve(str(tmp_path / "missing")) is None
+
+
+def test_training_minutes_leave_out_the_downtime_before_a_resume(tmp_path):
+  # Killed at 400 s after its last checkpoint (step 10, logged at 160 s), restarted at
+  # 1000 s: the 600 s of downtime are not training time; the 240 s after the checkpoint are.
+  entries = [{"step": 0, "event": "start", "time": 100.0},
+             {"step": 10, "event": "eval", "valid/recall@10": 0.1, "time": 160.0},
+             {"step": 20, "loss": 1.0, "time": 400.0},
+             {"step": 10, "event": "resume", "time": 1000.0},
+             {"step": 20, "event": "eval", "valid/recall@10": 0.2, "time": 1120.0},
+             {"step": 20, "note": "no time"}]
+  assert curves.training_minutes(entries) == [0.0, 1.0, 5.0, 5.0, 7.0, None]
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    f.write("".join(json.dumps(e) + "\n" for e in entries))
+  assert curves.eval_points(str(tmp_path / "metrics.jsonl"), "recall@10") == [
+      (10, 1.0, 0.1), (20, 7.0, 0.2)]
+
+
+def test_plot_runs_one_figure_of_several_runs(tmp_path):
+  for name, value in (("a", 0.1), ("b", 0.2)):
+    os.makedirs(tmp_path / name)
+    with open(tmp_path / name / "metrics.jsonl", "w") as f:
+      f.write(json.dumps({"step": 5, "event": "eval", "valid/recall@10": value,
+                          "time": 10.0}) + "\n")
+  out = curves.plot_runs({"run a": str(tmp_path / "a"), "run b": str(tmp_path / "b")},
+                         "recall@10", str(tmp_path / "runs.png"))
+  assert out == str(tmp_path / "runs.png") and os.path.getsize(out) > 1000
+  os.makedirs(tmp_path / "empty")
+  open(tmp_path / "empty" / "metrics.jsonl", "w").close()
+  with pytest.raises(ValueError, match="empty/metrics.jsonl has no timed eval entries"):
+    curves.plot_runs({"e": str(tmp_path / "empty")}, "recall@10", str(tmp_path / "e.png"))
 
 
 def test_plots_never_switch_the_callers_backend(tmp_path, monkeypatch):
