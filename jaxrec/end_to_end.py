@@ -44,6 +44,7 @@ from jaxrec.data.errors import DataError
 from jaxrec.encoders import item_job
 from jaxrec.encoders import text
 from jaxrec.quantizers import modalities
+from jaxrec.training import checkpoints
 from jaxrec.training import generator_job
 from jaxrec.training import tokenizer_job
 from jaxrec.training import trainer as trainer_lib
@@ -184,7 +185,18 @@ def run_stage(workdir: str, name: str, folder: str, fp: str, config: Any,
 
   Returns:
     The StageResult; the artifacts are the paths `run` returned (or recorded).
+
+  Raises:
+    checkpoints.WorkdirError: another process is running this stage in `workdir`.
   """
+  # A second process running this stage of this workdir is refused (WorkdirError) at once.
+  with checkpoints.workdir_lock(workdir, f"pipeline ({name} stage)", name=f".{name}.lock"):
+    return _run_stage_locked(workdir, name, folder, fp, config, run, settings, keep_old,
+                             progress, index)
+
+
+def _run_stage_locked(workdir, name, folder, fp, config, run, settings, keep_old, progress,
+                      index) -> StageResult:
   marker_path = os.path.join(folder, MARKER)
   marker = files.read_json(marker_path)
   if index is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -68,12 +69,29 @@ def read_json(path: str) -> Optional[Any]:
     return None
 
 
+class DamagedFileWarning(UserWarning):
+  """Part of a file was damaged (e.g. a line cut by a crash) and was left out."""
+
+
 def read_jsonl(path: str) -> list:
-  """The entries of a JSON-lines file (blank lines skipped); [] when it is missing."""
+  """The entries of a JSON-lines file (blank lines skipped); [] when it is missing.
+
+  A line that is not JSON (the last one cut short by a crash or a full disk, or an edited
+  one) is dropped with a `DamagedFileWarning` naming the file and line.
+  """
   if not os.path.isfile(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  entries = []
+  with open(path, errors="replace") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        entries.append(json.loads(line))
+      except ValueError as e:
+        warnings.warn(f"{path} line {number} is not JSON ({e}: {line.strip()[:80]!r}); "
+                      f"dropped it.", DamagedFileWarning, stacklevel=2)
+  return entries
 
 
 def save_npy(path: str, array: np.ndarray) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from jaxrec import configs
 from jaxrec import end_to_end
+from jaxrec.training import checkpoints
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.encoders import item_job
@@ -128,6 +129,11 @@ def test_run_stage_skips_reruns_in_place_and_supersedes(tmp_path, capsys):
     stage("fp4", lambda: (_ for _ in ()).throw(RuntimeError("killed")))
   assert json.loads((folder / "stage.json").read_text())["status"] == "running"
   assert stage("fp4", build("f")).status == "ran"
+  # Another process running this stage of the workdir: refused at once, nothing written.
+  with checkpoints.workdir_lock(str(tmp_path), name=".generator.lock"):
+    with pytest.raises(checkpoints.WorkdirError, match=r"is in use: .*generator stage"):
+      stage("fp5", build("g"))
+  assert calls == ["a", "b", "c", "d", "e", "f"]
 
 
 def test_stage_config_counts_gin_only_arguments_but_not_resumable_fields():

@@ -299,116 +299,118 @@ def train_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),
   tc, fp = train_config, s.fingerprint
   check_workdir(workdir, fp, config_text)
   options = _eval_options(eval_config, tc.valid_metric)
-  os.makedirs(workdir, exist_ok=True)
-  if config_text is not None and jax.process_index() == 0:
-    files.write_text(os.path.join(workdir, "config.gin"), config_text)
-  optimizer = optimizers.make_optimizer(tc.optimizer)
-  graph = _graph_on_mesh(s)
-  step_fn = make_train_step(s, optimizer)
-  rng = partitioning.put_global(np.asarray(jax.random.PRNGKey(tc.seed)),
-                                partitioning.replicated(s.mesh))
-  pair_users, pair_items = s.graph.pair_users, s.graph.pair_items
-  spe = s.steps_per_epoch
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), fp,
-                                  max_to_keep=tc.keep_checkpoints)
-  best_ckpt = checkpoints.Checkpointer(os.path.join(workdir, "best"), fp, max_to_keep=1,
-                                       async_save=False)
-  epoch_seconds = []
-  try:
-    state = _init_state(s, optimizer)
-    meta = {}
-    if ckpt.latest_step() is not None:
-      state, meta = ckpt.restore(_abstract(state, partitioning.replicated(s.mesh)))
-    step = int(state.step)
-    epoch = int(meta.get("epoch", 0))
-    earlier = float(meta.get("train_seconds", 0.0))  # Earlier runs' training time.
-    if step != epoch * spe:
-      raise checkpoints.CheckpointError(
-          f"{workdir}/checkpoints step {step} is not epoch {epoch} x {spe} steps per epoch. "
-          "Fix: use a new --workdir.")
-    best_ckpt.delete_after(step)  # a best saved after the restored step (killed run).
-    best = {"best_epoch": meta.get("best_epoch"), "best_step": meta.get("best_step"),
-            "best_value": meta.get("best_value"),
-            "evals_since_best": meta.get("evals_since_best", 0),
-            "stopped_early": meta.get("stopped_early", False)}
-    log = trainer_lib.MetricsLog(os.path.join(workdir, "metrics.jsonl"), step)
-    log.write({"step": step, "epoch": epoch, "event": "start" if step == 0 else "resume",
-               "fingerprint": fp, "devices": jax.device_count(), "mesh": dict(s.mesh.shape),
-               "users": s.graph.num_users, "items": s.graph.num_items,
-               "train_pairs": s.graph.num_pairs, "padded_edges": len(s.graph.src),
-               "steps_per_epoch": spe})
-    if progress and jax.process_index() == 0:
-      print(f"LightGCN: {s.graph.num_users:,} users, {s.graph.num_items:,} items, "
-            f"{s.graph.num_pairs:,} training pairs, {spe} steps/epoch; epoch {epoch} of "
-            f"{tc.num_epochs}")
-    last_loss = meta.get("loss")
-    bar = tqdm.tqdm(total=tc.num_epochs * spe, initial=step, unit="step", desc="lightgcn",
-                    disable=not progress or jax.process_index() != 0)
-    while epoch < tc.num_epochs and not best["stopped_early"]:
-      t0 = time.perf_counter()
-      order = epoch_order(s.graph.num_pairs, tc.batch_size, tc.seed, epoch)
-      pending = []
-      for b in range(spe):
-        idx = order[b * tc.batch_size:(b + 1) * tc.batch_size]
-        state, metrics = step_fn(state, graph, pair_users[idx], pair_items[idx], rng)
-        pending.append(metrics)
-        bar.update(1)
-      values = jax.device_get(pending)
-      seconds = time.perf_counter() - t0
-      epoch_seconds.append(seconds)
-      epoch += 1
+  # One process per workdir (a second is refused with WorkdirError).
+  with checkpoints.workdir_lock(workdir, "LightGCN training run"):
+    if config_text is not None and jax.process_index() == 0:
+      files.write_text(os.path.join(workdir, "config.gin"), config_text)
+    optimizer = optimizers.make_optimizer(tc.optimizer)
+    graph = _graph_on_mesh(s)
+    step_fn = make_train_step(s, optimizer)
+    rng = partitioning.put_global(np.asarray(jax.random.PRNGKey(tc.seed)),
+                                  partitioning.replicated(s.mesh))
+    pair_users, pair_items = s.graph.pair_users, s.graph.pair_items
+    spe = s.steps_per_epoch
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), fp,
+                                    max_to_keep=tc.keep_checkpoints)
+    best_ckpt = checkpoints.Checkpointer(os.path.join(workdir, "best"), fp, max_to_keep=1,
+                                         async_save=False)
+    epoch_seconds = []
+    try:
+      state = _init_state(s, optimizer)
+      meta = {}
+      if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(_abstract(state, partitioning.replicated(s.mesh)))
       step = int(state.step)
-      entry = {"step": step, "epoch": epoch,
-               **{k: float(np.mean([v[k] for v in values])) for k in values[0]},
-               "seconds": seconds, "pairs_per_s": spe * tc.batch_size / max(seconds, 1e-9)}
-      log.write(entry)
-      last_loss = entry["loss"]
-      bar.set_postfix(epoch=epoch, loss=f"{last_loss:.4f}")
-      last = epoch == tc.num_epochs
-      if last or (tc.eval_every and epoch % tc.eval_every == 0):
-        result = validate(s, state.params, graph, options)
-        value = float(result["metrics"]["overall"][tc.valid_metric]["mean"])
-        log.write({"step": step, "epoch": epoch, "event": "eval", "split": "valid",
-                   "seconds": result["seconds"],
-                   **{f"valid/{k}": v["mean"] for k, v in result["metrics"]["overall"].items()}})
-        if best["best_value"] is None or value > best["best_value"]:
-          best.update(best_epoch=epoch, best_step=step, best_value=value, evals_since_best=0)
-          best_ckpt.save(step, {"params": state.params},
-                         {"epoch": epoch, "valid_metric": tc.valid_metric, "value": value},
-                         force=True)
-        else:
-          best["evals_since_best"] += 1
-          if tc.early_stopping_patience and (
-              best["evals_since_best"] >= tc.early_stopping_patience):
-            best["stopped_early"] = True
-            log.write({"step": step, "epoch": epoch, "event": "early_stop", **best})
-        bar.set_postfix(epoch=epoch, loss=f"{last_loss:.4f}",
-                        **{tc.valid_metric: f"{value:.4f}"})
-      if last or best["stopped_early"] or epoch % tc.checkpoint_every == 0:
-        ckpt.save(step, state, {"epoch": epoch, "loss": last_loss, **best,
-                                "train_seconds": earlier + time.perf_counter() - started},
-                  force=True)
-      if on_epoch is not None:
-        on_epoch(epoch, state)
-    bar.close()
-  finally:
-    ckpt.close()
-    best_ckpt.close()
-  run_seconds = time.perf_counter() - started
-  summary = {"epoch": epoch, "step": step, "steps_per_epoch": spe,
-             "valid_metric": tc.valid_metric, "loss": last_loss,
-             "epoch_seconds": float(np.mean(epoch_seconds)) if epoch_seconds else None,
-             "seconds": earlier + run_seconds, "run_seconds": run_seconds, "fingerprint": fp,
-             **best}
-  log.write({"step": step, "epoch": epoch, "event": "end",
-             **{k: v for k, v in summary.items() if k not in ("step", "epoch")}})
-  if jax.process_index() == 0:
-    files.write_json(os.path.join(workdir, "train_summary.json"), summary)
-  return summary
+      epoch = int(meta.get("epoch", 0))
+      earlier = float(meta.get("train_seconds", 0.0))  # Earlier runs' training time.
+      if step != epoch * spe:
+        raise checkpoints.CheckpointError(
+            f"{workdir}/checkpoints step {step} is not epoch {epoch} x {spe} steps per epoch. "
+            "Fix: use a new --workdir.")
+      best_ckpt.delete_after(step)  # a best saved after the restored step (killed run).
+      best = {"best_epoch": meta.get("best_epoch"), "best_step": meta.get("best_step"),
+              "best_value": meta.get("best_value"),
+              "evals_since_best": meta.get("evals_since_best", 0),
+              "stopped_early": meta.get("stopped_early", False)}
+      log = trainer_lib.MetricsLog(os.path.join(workdir, "metrics.jsonl"), step)
+      log.write({"step": step, "epoch": epoch, "event": "start" if step == 0 else "resume",
+                 "fingerprint": fp, "devices": jax.device_count(), "mesh": dict(s.mesh.shape),
+                 "users": s.graph.num_users, "items": s.graph.num_items,
+                 "train_pairs": s.graph.num_pairs, "padded_edges": len(s.graph.src),
+                 "steps_per_epoch": spe})
+      if progress and jax.process_index() == 0:
+        print(f"LightGCN: {s.graph.num_users:,} users, {s.graph.num_items:,} items, "
+              f"{s.graph.num_pairs:,} training pairs, {spe} steps/epoch; epoch {epoch} of "
+              f"{tc.num_epochs}")
+      last_loss = meta.get("loss")
+      bar = tqdm.tqdm(total=tc.num_epochs * spe, initial=step, unit="step", desc="lightgcn",
+                      disable=not progress or jax.process_index() != 0)
+      while epoch < tc.num_epochs and not best["stopped_early"]:
+        t0 = time.perf_counter()
+        order = epoch_order(s.graph.num_pairs, tc.batch_size, tc.seed, epoch)
+        pending = []
+        for b in range(spe):
+          idx = order[b * tc.batch_size:(b + 1) * tc.batch_size]
+          state, metrics = step_fn(state, graph, pair_users[idx], pair_items[idx], rng)
+          pending.append(metrics)
+          bar.update(1)
+        values = jax.device_get(pending)
+        seconds = time.perf_counter() - t0
+        epoch_seconds.append(seconds)
+        epoch += 1
+        step = int(state.step)
+        entry = {"step": step, "epoch": epoch,
+                 **{k: float(np.mean([v[k] for v in values])) for k in values[0]},
+                 "seconds": seconds, "pairs_per_s": spe * tc.batch_size / max(seconds, 1e-9)}
+        log.write(entry)
+        last_loss = entry["loss"]
+        bar.set_postfix(epoch=epoch, loss=f"{last_loss:.4f}")
+        last = epoch == tc.num_epochs
+        if last or (tc.eval_every and epoch % tc.eval_every == 0):
+          result = validate(s, state.params, graph, options)
+          value = float(result["metrics"]["overall"][tc.valid_metric]["mean"])
+          log.write({"step": step, "epoch": epoch, "event": "eval", "split": "valid",
+                     "seconds": result["seconds"],
+                     **{f"valid/{k}": v["mean"] for k, v in result["metrics"]["overall"].items()}})
+          if best["best_value"] is None or value > best["best_value"]:
+            best.update(best_epoch=epoch, best_step=step, best_value=value, evals_since_best=0)
+            best_ckpt.save(step, {"params": state.params},
+                           {"epoch": epoch, "valid_metric": tc.valid_metric, "value": value},
+                           force=True)
+          else:
+            best["evals_since_best"] += 1
+            if tc.early_stopping_patience and (
+                best["evals_since_best"] >= tc.early_stopping_patience):
+              best["stopped_early"] = True
+              log.write({"step": step, "epoch": epoch, "event": "early_stop", **best})
+          bar.set_postfix(epoch=epoch, loss=f"{last_loss:.4f}",
+                          **{tc.valid_metric: f"{value:.4f}"})
+        if last or best["stopped_early"] or epoch % tc.checkpoint_every == 0:
+          ckpt.save(step, state, {"epoch": epoch, "loss": last_loss, **best,
+                                  "train_seconds": earlier + time.perf_counter() - started},
+                    force=True)
+        if on_epoch is not None:
+          on_epoch(epoch, state)
+      bar.close()
+    finally:
+      ckpt.close()
+      best_ckpt.close()
+    run_seconds = time.perf_counter() - started
+    summary = {"epoch": epoch, "step": step, "steps_per_epoch": spe,
+               "valid_metric": tc.valid_metric, "loss": last_loss,
+               "epoch_seconds": float(np.mean(epoch_seconds)) if epoch_seconds else None,
+               "seconds": earlier + run_seconds, "run_seconds": run_seconds, "fingerprint": fp,
+               **best}
+    log.write({"step": step, "epoch": epoch, "event": "end",
+               **{k: v for k, v in summary.items() if k not in ("step", "epoch")}})
+    if jax.process_index() == 0:
+      files.write_json(os.path.join(workdir, "train_summary.json"), summary)
+    return summary
 
 
 def restore_params(s: LightGcnSetup, workdir: str, which: str = "best") -> tuple:
-  """(params, meta) from `<workdir>/best` (falls back to the latest) or `<workdir>/checkpoints`.
+  """(params, meta) from `<workdir>/best` (falls back to the latest, also when every best
+  checkpoint is damaged) or `<workdir>/checkpoints`.
 
   Raises:
     checkpoints.CheckpointError: nothing to restore, or a checkpoint of another config.
@@ -418,21 +420,13 @@ def restore_params(s: LightGcnSetup, workdir: str, which: str = "best") -> tuple
   rep = partitioning.replicated(s.mesh)
   optimizer = optimizers.make_optimizer(s.train_config.optimizer)
   abstract_state = _abstract(jax.eval_shape(lambda: _init_state(s, optimizer)), rep)
-  for sub in (("best", "checkpoints") if which == "best" else ("checkpoints",)):
-    directory = os.path.join(workdir, sub)
-    if not os.path.isdir(directory):
-      continue
-    with checkpoints.Checkpointer(directory, s.fingerprint, async_save=False) as ckpt:
-      if ckpt.latest_step() is None:
-        continue
-      if sub == "best":
-        tree, meta = ckpt.restore({"params": abstract_state.params})
-        return tree["params"], dict(meta, checkpoint="best")
-      state, meta = ckpt.restore(abstract_state)
-      return state.params, dict(meta, checkpoint="latest")
-  raise checkpoints.CheckpointError(
-      f"no LightGCN checkpoint in {workdir}. Fix: train first (train_lightgcn / run_lightgcn) "
-      "with this workdir and the same configuration.")
+  order = ("best", "checkpoints") if which == "best" else ("checkpoints",)
+  tree, meta, sub = checkpoints.restore_first(
+      workdir, s.fingerprint, order,
+      lambda sub: {"params": abstract_state.params} if sub == "best" else abstract_state)
+  if sub == "best":
+    return tree["params"], dict(meta, checkpoint="best")
+  return tree.params, dict(meta, checkpoint="latest")
 
 
 def evaluate_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),

@@ -99,9 +99,12 @@ def fit_resumably(ckpt_dir: str, fp: str, checkpoint_every: int, restore_target,
 
   A checkpoint every `checkpoint_every` steps (and at the end) in `ckpt_dir`; when one
   exists the fit resumes from the latest (restored into `restore_target()`, a state or
-  its shapes). A checkpoint of another fingerprint is refused (checkpoints.Checkpointer).
+  its shapes). A checkpoint of another fingerprint is refused (checkpoints.Checkpointer); a
+  damaged newest one is moved aside and the fit resumes from an older one; a second
+  process fitting in the same folder is refused (checkpoints.workdir_lock).
   """
-  with checkpoints.Checkpointer(ckpt_dir, fp, max_to_keep=2,
+  with checkpoints.workdir_lock(os.path.dirname(os.path.abspath(ckpt_dir)), f"{name} fit"), \
+       checkpoints.Checkpointer(ckpt_dir, fp, max_to_keep=2,
                                 save_interval_steps=checkpoint_every) as ckpt:
     start_state = None
     if ckpt.latest_step() is not None:

@@ -355,7 +355,10 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
     lost), "run_seconds" this call's.
 
   Raises:
-    WorkdirError / checkpoints.CheckpointError: the workdir holds another run.
+    WorkdirError / checkpoints.CheckpointError: the workdir holds another run, or
+      another process is training in it.
+    checkpoints.UnreadableCheckpointError: no checkpoint of the workdir reads (a damaged
+      newest one is moved aside and the run resumes from an older one instead).
   """
   started = time.perf_counter()
   fp = trajectory_fingerprint(config, fingerprint)
@@ -364,84 +367,79 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
   if examples is None:
     examples = split.train_examples(config.max_history)
   trainer = Trainer(model, config, input_shapes(split, batch_fn, config, examples), devices)
-  os.makedirs(workdir, exist_ok=True)
-  if config_text is not None and jax.process_index() == 0:
-    files.write_text(os.path.join(workdir, "config.gin"), config_text)
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), fp,
-                                  max_to_keep=config.keep_checkpoints)
-  best_ckpt = checkpoints.Checkpointer(os.path.join(workdir, "best"), fp, max_to_keep=1,
-                                       async_save=False)
-  try:
-    if ckpt.latest_step() is not None:
-      state, meta = ckpt.restore(trainer.abstract_state)
-    else:
-      state, meta = trainer.init_state(), {}
-    step = int(state.step)
-    earlier = float(meta.get("train_seconds", 0.0))  # Earlier runs' training time.
-    best_ckpt.delete_after(step)  # a best saved after the restored step (killed run).
-    best = {"best_step": meta.get("best_step"), "best_value": meta.get("best_value"),
-            "evals_since_best": meta.get("evals_since_best", 0),
-            "stopped_early": meta.get("stopped_early", False)}
-    log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), step)
-    log.write({"step": step, "event": "start" if step == 0 else "resume", "fingerprint": fp,
-               "devices": jax.device_count(), "processes": jax.process_count(),
-               "mesh": dict(trainer.mesh.shape)})
-    # The host conversion runs in the iterator's prefetch threads (overlapping the step).
-    it = batching.train_iterator(examples, config.batching, state=meta.get("data_state"),
-                                 transform=batch_fn)
-    pending, window_start, last_loss = [], time.perf_counter(), None
-    bar = tqdm.tqdm(total=config.num_steps, initial=step, unit="step", desc="train",
-                    disable=not progress or jax.process_index() != 0)
-    while step < config.num_steps and not best["stopped_early"]:
-      state, metrics = trainer.step(state, next(it))
-      step += 1
-      pending.append(metrics)
-      last = step == config.num_steps
-      if step % config.log_every == 0 or last:
-        values = jax.device_get(pending)
-        seconds = time.perf_counter() - window_start
-        entry = {"step": step, **{k: float(np.mean([v[k] for v in values])) for k in values[0]},
-                 "examples_per_s": len(values) * config.batching.batch_size / max(seconds, 1e-9),
-                 "lr": float(trainer.schedule(step - 1))}
-        log.write(entry)
-        last_loss = entry["loss"]
-        bar.set_postfix(loss=f"{entry['loss']:.4f}", ex_s=f"{entry['examples_per_s']:.0f}")
-        pending, window_start = [], time.perf_counter()
-      bar.update(1)
-      if make_recommender is not None and (
-          last or (config.eval_every and step % config.eval_every == 0)):
-        _validate(trainer, state, split, make_recommender, options, best, best_ckpt, log)
-        window_start = time.perf_counter()
-      if last or best["stopped_early"] or step % config.checkpoint_every == 0:
-        ckpt.save(step, state, {"data_state": it.get_state(), **best,
-                                "train_seconds": earlier + time.perf_counter() - started},
-                  force=True)
-      if on_step is not None:
-        on_step(step, state)
-    bar.close()
-  finally:
-    ckpt.close()
-    best_ckpt.close()
-  run_seconds = time.perf_counter() - started
-  summary = {"step": step, "valid_metric": config.valid_metric, "loss": last_loss,
-             "seconds": earlier + run_seconds, "run_seconds": run_seconds, **best}
-  log.write({"step": step, "event": "end", **{k: v for k, v in summary.items() if k != "step"}})
-  if jax.process_index() == 0:
-    curves.plot_validation_curve(workdir, config.valid_metric)  # valid_curve.png
-  return summary
+  # One process per workdir (a second is refused with WorkdirError).
+  with checkpoints.workdir_lock(workdir, "training run"):
+    if config_text is not None and jax.process_index() == 0:
+      files.write_text(os.path.join(workdir, "config.gin"), config_text)
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), fp,
+                                    max_to_keep=config.keep_checkpoints)
+    best_ckpt = checkpoints.Checkpointer(os.path.join(workdir, "best"), fp, max_to_keep=1,
+                                         async_save=False)
+    try:
+      if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(trainer.abstract_state)
+      else:
+        state, meta = trainer.init_state(), {}
+      step = int(state.step)
+      earlier = float(meta.get("train_seconds", 0.0))  # Earlier runs' training time.
+      best_ckpt.delete_after(step)  # a best saved after the restored step (killed run).
+      best = {"best_step": meta.get("best_step"), "best_value": meta.get("best_value"),
+              "evals_since_best": meta.get("evals_since_best", 0),
+              "stopped_early": meta.get("stopped_early", False)}
+      log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), step)
+      log.write({"step": step, "event": "start" if step == 0 else "resume", "fingerprint": fp,
+                 "devices": jax.device_count(), "processes": jax.process_count(),
+                 "mesh": dict(trainer.mesh.shape)})
+      # The host conversion runs in the iterator's prefetch threads (overlapping the step).
+      it = batching.train_iterator(examples, config.batching, state=meta.get("data_state"),
+                                   transform=batch_fn)
+      pending, window_start, last_loss = [], time.perf_counter(), None
+      bar = tqdm.tqdm(total=config.num_steps, initial=step, unit="step", desc="train",
+                      disable=not progress or jax.process_index() != 0)
+      while step < config.num_steps and not best["stopped_early"]:
+        state, metrics = trainer.step(state, next(it))
+        step += 1
+        pending.append(metrics)
+        last = step == config.num_steps
+        if step % config.log_every == 0 or last:
+          values = jax.device_get(pending)
+          seconds = time.perf_counter() - window_start
+          entry = {"step": step, **{k: float(np.mean([v[k] for v in values])) for k in values[0]},
+                   "examples_per_s": len(values) * config.batching.batch_size / max(seconds, 1e-9),
+                   "lr": float(trainer.schedule(step - 1))}
+          log.write(entry)
+          last_loss = entry["loss"]
+          bar.set_postfix(loss=f"{entry['loss']:.4f}", ex_s=f"{entry['examples_per_s']:.0f}")
+          pending, window_start = [], time.perf_counter()
+        bar.update(1)
+        if make_recommender is not None and (
+            last or (config.eval_every and step % config.eval_every == 0)):
+          _validate(trainer, state, split, make_recommender, options, best, best_ckpt, log)
+          window_start = time.perf_counter()
+        if last or best["stopped_early"] or step % config.checkpoint_every == 0:
+          ckpt.save(step, state, {"data_state": it.get_state(), **best,
+                                  "train_seconds": earlier + time.perf_counter() - started},
+                    force=True)
+        if on_step is not None:
+          on_step(step, state)
+      bar.close()
+    finally:
+      ckpt.close()
+      best_ckpt.close()
+    run_seconds = time.perf_counter() - started
+    summary = {"step": step, "valid_metric": config.valid_metric, "loss": last_loss,
+               "seconds": earlier + run_seconds, "run_seconds": run_seconds, **best}
+    log.write({"step": step, "event": "end", **{k: v for k, v in summary.items() if k != "step"}})
+    if jax.process_index() == 0:
+      curves.plot_validation_curve(workdir, config.valid_metric)  # valid_curve.png
+    return summary
 
 
 def restore_state(trainer: Trainer, workdir: str, fingerprint: str,
                   which: str = "best") -> tuple:
-  """(state, meta) from `<workdir>/best` (falls back to the latest) or `<workdir>/checkpoints`."""
+  """(state, meta) from `<workdir>/best` (falls back to the latest, also when every best
+  checkpoint is damaged) or `<workdir>/checkpoints`: `checkpoints.restore_first`."""
   order = ("best", "checkpoints") if which == "best" else ("checkpoints",)
-  for sub in order:
-    directory = os.path.join(workdir, sub)
-    if not os.path.isdir(directory):
-      continue
-    with checkpoints.Checkpointer(directory, fingerprint, async_save=False) as ckpt:
-      if ckpt.latest_step() is not None:
-        return ckpt.restore(trainer.abstract_state)
-  raise checkpoints.CheckpointError(
-      f"no checkpoint in {workdir}/{{{','.join(order)}}}. Fix: train first "
-      f"(tools/train.py) with this --workdir and the same gin config.")
+  state, meta, _ = checkpoints.restore_first(workdir, fingerprint, order,
+                                             lambda sub: trainer.abstract_state)
+  return state, meta

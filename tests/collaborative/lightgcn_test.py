@@ -255,6 +255,32 @@ def test_resume_after_interruption_matches_uninterrupted(whole_run, tmp_path):
                                 EVAL, progress=False)
 
 
+def test_damaged_newest_checkpoint_resumes_from_the_older_exactly(whole_run, tmp_path):
+  config = RESUME_CONFIG
+  broken = str(tmp_path / "broken")
+
+  def crash(epoch, state):
+    if epoch == 4:  # after the epoch-4 checkpoint (step 24); the one before: epoch 2.
+      raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    lightgcn_job.train_lightgcn(broken, TINY, lightgcn.LightGcnConfig(), config, EVAL,
+                                progress=False, on_epoch=crash)
+  directory = os.path.join(broken, "checkpoints")
+  assert sorted(os.listdir(directory)) == ["12", "24"]
+  with open(os.path.join(directory, "24", "meta", "metadata"), "r+") as f:
+    f.truncate(10)
+  resumed = []
+  with pytest.warns(checkpoints.CheckpointDamageWarning, match="resuming from step 12"):
+    lightgcn_job.train_lightgcn(broken, TINY, lightgcn.LightGcnConfig(), config, EVAL,
+                                progress=False, on_epoch=lambda e, s: resumed.append(e))
+  assert resumed == [3, 4, 5] and "corrupt-24" in os.listdir(directory)
+  a, _ = _params(whole_run[0], config)
+  b, _ = _params(broken, config)
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key])
+
+
 def test_gin_job_trains_evaluates_and_exports(tmp_path):
   workdir = str(tmp_path / "run")
   configs.parse(["gin_configs/papers/lightgcn.gin", "gin_configs/data/synthetic_tiny.gin"],

@@ -69,6 +69,40 @@ def test_resume_after_crash_gives_the_uninterrupted_ids(tmp_path, embeddings_fil
                                 np.load(tmp_path / "whole" / "semantic_ids.npy"))
 
 
+def test_damaged_newest_checkpoint_resumes_from_the_older_with_the_same_ids(
+    tmp_path, embeddings_file, monkeypatch):
+  _build(tmp_path / "whole", embeddings_file)
+  original_save = checkpoints.Checkpointer.save
+
+  def crash_after_step_8(self, step, state, meta=None, force=False):
+    saved = original_save(self, step, state, meta, force)
+    if step == 8:
+      self.wait()
+      raise KeyboardInterrupt("simulated kill")
+    return saved
+
+  monkeypatch.setattr(checkpoints.Checkpointer, "save", crash_after_step_8)
+  with pytest.raises(KeyboardInterrupt):
+    _build(tmp_path / "crashed", embeddings_file)
+  monkeypatch.setattr(checkpoints.Checkpointer, "save", original_save)
+  ckpt_dir = tmp_path / "crashed" / "tokenizer_checkpoints"
+  assert sorted(os.listdir(ckpt_dir)) == ["4", "8"]
+  with open(ckpt_dir / "8" / "meta" / "metadata", "r+") as f:
+    f.truncate(10)  # the newest checkpoint's metadata cut short
+  with pytest.warns(checkpoints.CheckpointDamageWarning, match="resuming from step 4"):
+    _build(tmp_path / "crashed", embeddings_file)
+  assert "corrupt-8" in os.listdir(ckpt_dir)
+  np.testing.assert_array_equal(np.load(tmp_path / "crashed" / "semantic_ids.npy"),
+                                np.load(tmp_path / "whole" / "semantic_ids.npy"))
+
+
+def test_second_fit_in_the_same_folder_is_refused(tmp_path, embeddings_file):
+  with checkpoints.workdir_lock(str(tmp_path)):
+    with pytest.raises(checkpoints.WorkdirError, match="is in use: another process is running "
+                                                       "a RQ-VAE fit"):
+      _build(tmp_path, embeddings_file)
+
+
 def test_rerun_skips_and_other_config_refuses_old_checkpoint(tmp_path, embeddings_file):
   _build(tmp_path, embeddings_file)
   before = (tmp_path / "semantic_ids.npy").stat().st_mtime_ns
