@@ -71,3 +71,23 @@ def test_plots_never_switch_the_callers_backend(tmp_path, monkeypatch):
   assert os.path.getsize(tmp_path / "usage.png") > 1000
   fig = sweep_reports.plot([], ["recall@10"], "test")
   assert fig.canvas is not None
+
+
+def test_plot_curves_tool(tmp_path):
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  os.makedirs(tmp_path / "a")
+  with open(tmp_path / "a" / "metrics.jsonl", "w") as f:
+    for step, t in ((5, 60.0), (10, 120.0)):
+      f.write(json.dumps({"step": step, "event": "eval", "valid/recall@10": 0.1,
+                          "time": t}) + "\n")
+  out = tmp_path / "curves.png"
+  tool = os.path.join(root, "tools", "plot_curves.py")
+  done = subprocess.run([sys.executable, tool, f"--run=run a={tmp_path / 'a'}",
+                         f"--output={out}"], capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert out.stat().st_size > 1000
+  bad = subprocess.run([sys.executable, tool, "--run=no-equals-sign", f"--output={out}"],
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "expected LABEL=WORKDIR" in bad.stderr
