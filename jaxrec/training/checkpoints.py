@@ -378,7 +378,7 @@ def restore_first(workdir: str, fingerprint: str, subdirs: Sequence[str],
       return state, meta, sub
   folders = ",".join(subdirs)
   raise (UnreadableCheckpointError if damaged else CheckpointError)(
-      f"no readable checkpoint in {workdir}/{{{folders}}}"
+      f"no {'readable ' if damaged else ''}checkpoint in {workdir}/{{{folders}}}"
       + (f" ({' '.join(damaged)})" if damaged else "")
       + ". Fix: train first with this --workdir and the same gin config"
       + (", after moving the damaged folders aside." if damaged else "."))

@@ -48,8 +48,8 @@ def test_rqvae_job_writes_unique_ids_stats_and_plot(tmp_path, embeddings_file):
   assert sorted(os.listdir(tmp_path / "tokenizer_checkpoints")) == ["12", "8"]
 
 
-def test_resume_after_crash_gives_the_uninterrupted_ids(tmp_path, embeddings_file, monkeypatch):
-  _build(tmp_path / "whole", embeddings_file)
+def _crash_after_step_8(workdir, embeddings_file, monkeypatch):
+  """A build killed right after its step-8 checkpoint (checkpoints kept: 4 and 8)."""
   original_save = checkpoints.Checkpointer.save
 
   def crash_after_step_8(self, step, state, meta=None, force=False):
@@ -59,11 +59,16 @@ def test_resume_after_crash_gives_the_uninterrupted_ids(tmp_path, embeddings_fil
       raise KeyboardInterrupt("simulated kill")
     return saved
 
-  monkeypatch.setattr(checkpoints.Checkpointer, "save", crash_after_step_8)
-  with pytest.raises(KeyboardInterrupt):
-    _build(tmp_path / "crashed", embeddings_file)
+  with monkeypatch.context() as patch:
+    patch.setattr(checkpoints.Checkpointer, "save", crash_after_step_8)
+    with pytest.raises(KeyboardInterrupt):
+      _build(workdir, embeddings_file)
+
+
+def test_resume_after_crash_gives_the_uninterrupted_ids(tmp_path, embeddings_file, monkeypatch):
+  _build(tmp_path / "whole", embeddings_file)
+  _crash_after_step_8(tmp_path / "crashed", embeddings_file, monkeypatch)
   assert not (tmp_path / "crashed" / "semantic_ids.npy").exists()
-  monkeypatch.setattr(checkpoints.Checkpointer, "save", original_save)
   _build(tmp_path / "crashed", embeddings_file)
   np.testing.assert_array_equal(np.load(tmp_path / "crashed" / "semantic_ids.npy"),
                                 np.load(tmp_path / "whole" / "semantic_ids.npy"))
@@ -72,19 +77,7 @@ def test_resume_after_crash_gives_the_uninterrupted_ids(tmp_path, embeddings_fil
 def test_damaged_newest_checkpoint_resumes_from_the_older_with_the_same_ids(
     tmp_path, embeddings_file, monkeypatch):
   _build(tmp_path / "whole", embeddings_file)
-  original_save = checkpoints.Checkpointer.save
-
-  def crash_after_step_8(self, step, state, meta=None, force=False):
-    saved = original_save(self, step, state, meta, force)
-    if step == 8:
-      self.wait()
-      raise KeyboardInterrupt("simulated kill")
-    return saved
-
-  monkeypatch.setattr(checkpoints.Checkpointer, "save", crash_after_step_8)
-  with pytest.raises(KeyboardInterrupt):
-    _build(tmp_path / "crashed", embeddings_file)
-  monkeypatch.setattr(checkpoints.Checkpointer, "save", original_save)
+  _crash_after_step_8(tmp_path / "crashed", embeddings_file, monkeypatch)
   ckpt_dir = tmp_path / "crashed" / "tokenizer_checkpoints"
   assert sorted(os.listdir(ckpt_dir)) == ["4", "8"]
   with open(ckpt_dir / "8" / "meta" / "metadata", "r+") as f:
