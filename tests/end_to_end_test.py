@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -90,6 +92,16 @@ def test_pipeline_builds_skips_and_reruns_after_a_tokenizer_change(tmp_path, cap
   assert np.load(tmp_path / "semantic_ids" / "semantic_ids.npy")[:, :3].max() < 4
   moved = sorted(p.name.split("-")[0] for p in (tmp_path / "superseded").iterdir())
   assert moved == ["generator", "semantic_ids"]  # The old folders are kept, not deleted.
+
+  # tools/evaluate.py on the run's saved operative config gives the pipeline's figures.
+  metrics_file = tmp_path / "generator" / "eval" / "test_metrics.json"
+  expected = json.loads(metrics_file.read_text())["metrics"]
+  metrics_file.unlink()
+  subprocess.run([sys.executable, "tools/evaluate.py", f"--gin_file={tmp_path}/config.gin",
+                  f"--workdir={tmp_path}/generator",
+                  f"--semantic_ids={tmp_path}/semantic_ids/semantic_ids.npy"],
+                 cwd=configs.REPO_ROOT, check=True, capture_output=True)
+  assert json.loads(metrics_file.read_text())["metrics"] == expected
 
 
 def test_run_stage_skips_reruns_in_place_and_supersedes(tmp_path, capsys):

@@ -192,6 +192,9 @@ def test_mscgrec_generates_collaborative_codes_from_all_modalities(tmp_path, cac
     assert len({tuple(r) for r in ids[:, start:end]}) == len(ids)
   operative = (tmp_path / "config.gin").read_text()
   assert "TARGET_MODALITY = 'collab'" in operative and "CONSTRAINED_LOSS = True" in operative
+  # Per-sequence (item encoder) with the dual position embeddings and modality masking.
+  assert "TRAINING_LAYOUT = 'item_encoder'" in operative
+  assert "POSITION_EMBEDDINGS = True" in operative and "MODALITY_MASK_RATE = 0.15" in operative
   metrics = json.loads((tmp_path / "generator" / "eval" / "test_metrics.json").read_text())
   width = segments["collab"][1] - segments["collab"][0]
   assert metrics["decoding"]["method"] == "trie beam search"

@@ -127,9 +127,16 @@ def compare_layouts(split, sids, layout, steps: int) -> dict:
       "per_example": (model_lib.EncoderDecoderModel.from_config(config, layout),
                       split.train_examples(20), 256, (5, 10, 20),
                       lambda b: vocab.make_token_batch(b, sids, layout, max_history=20)),
+      # What the trainer runs: the decoder over the packed target rows only.
       "item_encoder": (sequence_model.ItemEncoderDecoderModel.from_config(config, layout),
                        windows_lib.split_windows(split, 20), 128, (6, 11, 21),
-                       lambda b: sequence_batch.make_sequence_token_batch(b, sids, layout)),
+                       lambda b: sequence_batch.pack_target_rows(
+                           sequence_batch.make_sequence_token_batch(b, sids, layout))),
+      # The decoder at every window position (tail windows and bucket padding included).
+      "item_encoder_unpacked": (
+          sequence_model.ItemEncoderDecoderModel.from_config(config, layout),
+          windows_lib.split_windows(split, 20), 128, (6, 11, 21),
+          lambda b: sequence_batch.make_sequence_token_batch(b, sids, layout)),
       # The same number of layers as TIGER's 4 + 4, in one causal stack.
       "decoder_only": (decoder_only_model.DecoderOnlyModel.from_config(config, layout),
                        windows_lib.split_windows(split, 20), 128, (6, 11, 21),
@@ -183,9 +190,11 @@ def compare_loop(split, sids, layout, steps: int, training_layout: str, workdir:
   the bare loop is warmed up, and the trainer's first log window (which compiles) is
   dropped."""
   import tempfile  # pylint: disable=g-import-not-at-top
+  # The trainer's packed rows, at one fixed capacity (every batch one shape).
+  packed = lambda b, sids, layout: sequence_batch.pack_target_rows(  # noqa: E731
+      sequence_batch.make_sequence_token_batch(b, sids, layout), quantum=128 * 20)
   model_cls, convert_fn = {
-      "item_encoder": (sequence_model.ItemEncoderDecoderModel,
-                       sequence_batch.make_sequence_token_batch),
+      "item_encoder": (sequence_model.ItemEncoderDecoderModel, packed),
       "decoder_only": (decoder_only_model.DecoderOnlyModel,
                        sequence_batch.make_decoder_only_batch)}[training_layout]
   config = t5_config.T5Config.tiger(layout.vocab_size, **_CPU_MODEL)

@@ -3,7 +3,9 @@
   python tools/evaluate.py --gin_file=gin_configs/runs/train_generator.gin \
     --semantic_ids=/tmp/ids/semantic_ids.npy --workdir=/tmp/tiger_beauty [--checkpoint=latest]
 
-Pass the same gin files and --gin flags as tools/train.py. Writes
+Pass the same gin files and --gin flags as tools/train.py, or the run's saved operative
+config (`--gin_file=<run>/config.gin`, written by tools/train.py and tools/run.py) with
+--semantic_ids. Writes
 <workdir>/eval/<split>_metrics.json (full ranking, 95% bootstrap CIs) and
 eval_config.gin.
 """
@@ -14,7 +16,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jaxrec import configs
+from jaxrec import configs, end_to_end, system_pipeline
 from jaxrec.training import generator_job
 
 _GIN_FILES = flags.DEFINE_multi_string("gin_file", ["gin_configs/runs/train_generator.gin"],
@@ -35,7 +37,19 @@ def main(argv):
   if _SEMANTIC_IDS.value:
     extra.append(f"SEMANTIC_IDS = {_SEMANTIC_IDS.value!r}")
   configs.parse(_GIN_FILES.value, list(_GIN_BINDINGS.value) + _FLAG_BINDINGS + extra)
-  configs.run(generator_job.evaluate_generator, checkpoint=_CHECKPOINT.value)
+  # Passed directly too, so a workdir's saved operative config (which binds the job's
+  # other arguments but not these two) evaluates as well as the training gin files.
+  paths = {"workdir": _WORKDIR.value}
+  if _SEMANTIC_IDS.value:
+    paths["semantic_ids_path"] = _SEMANTIC_IDS.value
+  if "dataset" not in configs.bound_arguments(generator_job.evaluate_generator):
+    # A pipeline's operative config binds the dataset of its entry point instead.
+    for entry in (end_to_end.run_generative, system_pipeline.run_system):
+      dataset = configs.bound_arguments(entry).get("dataset")
+      if dataset is not None:
+        paths["dataset"] = dataset
+        break
+  configs.run(generator_job.evaluate_generator, checkpoint=_CHECKPOINT.value, **paths)
   configs.save_config(_WORKDIR.value, name="eval_config.gin")
   print(f"metrics in {_WORKDIR.value}/eval/")
 

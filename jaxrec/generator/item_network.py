@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.generator import layers
+from jaxrec.generator import layers, positions
 from jaxrec.generator.config import T5Config
 from jaxrec.generator.network import Decoder, EncoderLayer, _dropout
 
@@ -53,8 +53,29 @@ def window_cross_mask(valid: Array, prefix: int, num_levels: int) -> Array:
   return (jnp.asarray(allowed)[None] & valid[:, None, :])[:, None].astype(jnp.float32)
 
 
+def packed_cross_mask(valid: Array, prefix: int, num_levels: int, row_window: Array,
+                      row_position: Array) -> Array:
+  """The cross-attention mask of packed decoder rows (`sequence_batch.pack_target_rows`).
+
+  Args:
+    valid: [B, N] bool encoder positions; prefix: U; num_levels: L.
+    row_window, row_position: [R] int32, row r decodes window b_r's item t_r + 1.
+
+  Returns:
+    [R, 1, L, N] float32: row r attends position j iff j <= U + t_r and j is real in b_r.
+  """
+  allowed = jnp.arange(valid.shape[1])[None, :] <= prefix + row_position[:, None]
+  mask = (allowed & valid[row_window]).astype(jnp.float32)  # [R, N]
+  return jnp.broadcast_to(mask[:, None, None, :], (mask.shape[0], 1, num_levels,
+                                                   mask.shape[1]))
+
+
 class CausalItemEncoder(nn.Module):
   """Summed code embeddings per item -> causal encoder layers -> `encoder_norm`.
+
+  With MSCGRec's dual position embeddings (`T5Config.position_embeddings`), each code's
+  embedding gets its within-item position and its item's slot in the window (from the
+  window start, so a state never depends on later items) before the codes are summed.
 
   Attributes:
     config: the `T5Config` (num_encoder_layers, widths, dropout).
@@ -75,6 +96,8 @@ class CausalItemEncoder(nn.Module):
     tokens = tokens.astype(jnp.int32)
     valid = item_valid(tokens, self.prefix, self.tokens_per_item)
     embedded = self.shared_embedding(tokens) * (tokens > 0)[..., None]
+    if cfg.position_embeddings:  # MSCGRec's dual positions, on each code before the sum.
+      embedded = embedded + positions.encoder_position_embeddings(cfg, tokens, causal=True)
     items = embedded[:, self.prefix:].reshape(size, -1, self.tokens_per_item,
                                               embedded.shape[-1]).sum(axis=2)
     x = jnp.concatenate([embedded[:, :self.prefix], items], axis=1)
@@ -156,22 +179,37 @@ class ItemTransformer(nn.Module):
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                enable_dropout: bool = True, decode: bool = False,
-               max_decode_length: Optional[int] = None) -> Array:
+               max_decode_length: Optional[int] = None,
+               decoder_row_window: Optional[Array] = None,
+               decoder_row_position: Optional[Array] = None) -> Array:
     """Per-sequence teacher forcing: every position decodes the next item in one pass.
 
     Args:
       encoder_input_tokens: [B, U + n * E] int32, the window's first n items.
       decoder_input_tokens: [B, n, L] int32, BOS then the first L - 1 code tokens of
-        item t + 1 at position t. With `decode` (cache creation only): [rows, L].
+        item t + 1 at position t; packed (with the row indices): [R, L], row r those of
+        window b_r's item t_r + 1. With `decode` (cache creation only): [rows, L].
+      decoder_row_window, decoder_row_position: [R] int32 b_r and t_r of packed rows
+        (`sequence_batch.pack_target_rows`), or None (every position of every window).
 
     Returns:
-      logits: [B, n, L, vocab] float32 (position t scores item t + 1).
+      logits: [B, n, L, vocab] float32 (position t scores item t + 1); packed: [R, L,
+      vocab].
     """
     encoded = self.encode(encoder_input_tokens, enable_dropout)
     cross_kv = self.cross_attention_kv(encoded)
     if decode:
       return self.decode(None, encoder_input_tokens, decoder_input_tokens, None,
                          enable_dropout, True, max_decode_length, cross_kv)
+    if decoder_row_window is not None:
+      rows = decoder_input_tokens.astype(jnp.int32)
+      # Each packed row reads its own window's keys/values (a gather; its gradient is a
+      # scatter-add), so the decoder runs over target rows only.
+      row_kv = [(k[decoder_row_window], v[decoder_row_window]) for k, v in cross_kv]
+      cross_mask = packed_cross_mask(self.valid(encoder_input_tokens), self.prefix,
+                                     rows.shape[1], decoder_row_window, decoder_row_position)
+      return self.decoder(None, rows, layers.make_causal_mask(rows), cross_mask,
+                          deterministic=not enable_dropout, cross_kv=row_kv)
     size, n, num_levels = decoder_input_tokens.shape
     if self.prefix + n != encoded.shape[1]:
       raise ValueError(f"decoder positions ({n}) must equal the encoder's items "

@@ -53,6 +53,17 @@ def item_recency(tokens: Array, prefix: int, item_width: int) -> Array:
   return jnp.pad(recency, ((0, 0), (prefix, 0)))
 
 
+def item_slot(tokens: Array, prefix: int, item_width: int) -> Array:
+  """[batch, length] int32: the history slot j of each encoder token's item (0 = the
+  oldest item of the window; 0 for prefix tokens). The per-sequence item encoder uses this
+  instead of `item_recency`: at window position t the recency would count the items after
+  t, which the causal state at t must not see."""
+  size, length = tokens.shape
+  n = _slots(length, prefix, item_width)
+  slots = jnp.repeat(jnp.arange(n, dtype=jnp.int32), item_width)
+  return jnp.broadcast_to(jnp.pad(slots, (prefix, 0)), (size, length))
+
+
 def code_position(length: int, prefix: int, item_width: int) -> Array:
   """[length] int32: t % item_width for item tokens (t counted after the prefix), 0 for
   prefix tokens."""
@@ -78,7 +89,7 @@ class PositionEmbed(nn.Module):
     return jnp.asarray(table, self.dtype)[positions]
 
 
-def encoder_position_embeddings(cfg: T5Config, tokens: Array) -> Array:
+def encoder_position_embeddings(cfg: T5Config, tokens: Array, causal: bool = False) -> Array:
   """The sum of the enabled dual position embeddings of each encoder token (0 for PAD and
   prefix tokens). Called inside the encoder's compact `__call__`, so its tables are the
   encoder's parameters `item_position_embedder/embedding` [item_position_embeddings,
@@ -86,15 +97,17 @@ def encoder_position_embeddings(cfg: T5Config, tokens: Array) -> Array:
   logical axes ("abspos_buckets", "embed").
 
   tokens: [batch, length] int32 -> [batch, length, embed] in the activation dtype.
+  causal: index items by their slot from the window start (`item_slot`, the per-sequence
+    item encoder) instead of their recency (`item_recency`, the per-example encoder).
   """
   dtype = cfg.activation_dtype
   prefix, width = cfg.encoder_prefix_tokens, cfg.item_width
   size, length = tokens.shape
   out = jnp.zeros((size, length, cfg.emb_dim), dtype)
   if cfg.item_position_embeddings:
+    index = (item_slot if causal else item_recency)(tokens, prefix, width)
     out = out + PositionEmbed(cfg.item_position_embeddings, cfg.emb_dim, dtype,
-                              name="item_position_embedder")(
-                                  item_recency(tokens, prefix, width))
+                              name="item_position_embedder")(index)
   if cfg.code_position_embeddings:
     out = out + PositionEmbed(cfg.code_position_embeddings, cfg.emb_dim, dtype,
                               name="code_position_embedder")(

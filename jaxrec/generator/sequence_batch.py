@@ -2,6 +2,10 @@
 of the per-sequence models: `ItemEncoderDecoderModel` (the encoder reads the window's items
 but the last, the decoder at position t generates item t + 1, weighted when it is one of
 the window's targets) and `DecoderOnlyModel` (the window's code tokens as one sequence).
+
+`pack_target_rows` keeps only the decoder rows that are targets (a tail window trains one
+target in max_history positions; bucket padding adds more): the item encoder still runs
+over whole windows, the code decoder only over the packed rows.
 """
 
 from __future__ import annotations
@@ -95,6 +99,57 @@ def make_sequence_token_batch(batch: Mapping[str, np.ndarray], semantic_ids: np.
           "decoder_target_tokens": targets.astype(np.int32),
           "decoder_loss_weights": np.repeat(row_weight[..., None], len(target_cols),
                                             axis=-1).astype(np.float32)}
+
+
+# Packed decoder rows are padded up to the next of these multiples of ROW_QUANTUM, so a
+# training run compiles a few shapes per window bucket (ratios 1, 1.5, 2, 3, 4, 6, ...).
+ROW_QUANTUM = 64
+
+
+def row_capacity(count: int, quantum: int = ROW_QUANTUM) -> int:
+  """The static number of packed decoder rows that holds `count` target rows: the smallest
+  of quantum * {1, 1.5, 2, 3, 4, 6, 8, ...} >= count (at most 50 % padding)."""
+  power = quantum
+  while True:
+    for capacity in (power, power * 3 // 2):
+      if capacity >= count:
+        return capacity
+    power *= 2
+
+
+def pack_target_rows(tokens: Mapping[str, np.ndarray], window_offset: int = 0,
+                     quantum: int = ROW_QUANTUM) -> dict:
+  """Keeps only the target positions of a `make_sequence_token_batch` batch (NumPy).
+
+  Args:
+    tokens: the batch of `make_sequence_token_batch` (decoder arrays [B, n, G]).
+    window_offset: added to the window indices (process p of a multi-process run holds
+      global windows [p * B, (p + 1) * B); `generator_job` passes p * B).
+    quantum: the row padding quantum (`row_capacity`); a multiple of the data-parallel
+      mesh size keeps the rows evenly sharded.
+
+  Returns the same encoder_input_tokens [B, U + n * E] and, for R = row_capacity(targets)
+  rows (row r: window b_r, position t_r; rows after the last target are padding, weight 0):
+    decoder_input_tokens, decoder_target_tokens: [R, G] int32.
+    decoder_loss_weights: [R, G] float32.
+    decoder_row_window: [R] int32 b_r (+ window_offset); decoder_row_position: [R] int32.
+  """
+  weights = np.asarray(tokens["decoder_loss_weights"])
+  window, position = np.nonzero(weights[..., 0] > 0)
+  capacity = row_capacity(len(window), quantum)
+  pad = capacity - len(window)
+
+  def rows(name, fill):
+    x = np.asarray(tokens[name])[window, position]
+    return np.concatenate([x, np.full((pad,) + x.shape[1:], fill, x.dtype)])
+
+  return {"encoder_input_tokens": tokens["encoder_input_tokens"],
+          "decoder_input_tokens": rows("decoder_input_tokens", BOS_ID),
+          "decoder_target_tokens": rows("decoder_target_tokens", PAD_ID),
+          "decoder_loss_weights": rows("decoder_loss_weights", 0.0),
+          "decoder_row_window": np.concatenate(
+              [window + window_offset, np.full(pad, window_offset)]).astype(np.int32),
+          "decoder_row_position": np.concatenate([position, np.zeros(pad)]).astype(np.int32)}
 
 
 def decoder_only_columns(target_levels: Sequence[int], encoder_levels: Sequence[int]

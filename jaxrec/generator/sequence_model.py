@@ -32,7 +32,8 @@ class ItemEncoderDecoderModel(EncoderDecoderModel):
   (position t: the codes of item t + 1). At inference the encoder input is the
   history of `vocab.make_token_batch` and the decoder reads the last item's state.
   Attributes and arguments as `EncoderDecoderModel`; MSCGRec's dual position
-  embeddings do not apply (the encoder has one token per item and relative positions).
+  embeddings are added to each code before an item's codes are summed
+  (`item_network.CausalItemEncoder`).
   """
 
   def __init__(self, network: ItemTransformer, layout: Union[TokenLayout, TargetLayout],
@@ -42,11 +43,6 @@ class ItemEncoderDecoderModel(EncoderDecoderModel):
                encoder_token_modalities: Optional[Sequence[int]] = None):
     super().__init__(network, layout, config, trie, constrained_loss, decoding,
                      modality_mask_rate, encoder_token_modalities)
-    if self.config.position_embeddings:
-      raise DataError("the item-encoder layout has one encoder token per item and relative "
-                      "positions; MSCGRec's dual position embeddings do not apply.",
-                      fix="bind generator_job.train_generator.position_embeddings = False "
-                          "(POSITION_EMBEDDINGS) with training_layout = 'item_encoder'.")
     if (network.prefix, network.tokens_per_item) != (self.prefix_tokens,
                                                      self.encoder_tokens_per_item):
       raise DataError(f"ItemTransformer(prefix={network.prefix}, tokens_per_item="
@@ -82,11 +78,11 @@ class ItemEncoderDecoderModel(EncoderDecoderModel):
     shapes = dict(self.default_input_shapes())
     shapes.update(input_shapes or {})
     encoder_tokens = jnp.ones(shapes["encoder_input_tokens"], jnp.int32)
-    decoder_shape = tuple(shapes["decoder_input_tokens"])
-    if len(decoder_shape) == 2:  # an inference-shaped request: one position per row.
-      decoder_shape = (decoder_shape[0], 1, decoder_shape[1])
+    # [B, n, L], or [rows, L] (packed rows, or an inference request): the parameters
+    # depend on L only, so initialize on every position of the encoder's B windows.
+    num_levels = tuple(shapes["decoder_input_tokens"])[-1]
     items = (encoder_tokens.shape[1] - self.prefix_tokens) // self.encoder_tokens_per_item
-    decoder_tokens = jnp.ones((decoder_shape[0], items, decoder_shape[2]), jnp.int32)
+    decoder_tokens = jnp.ones((encoder_tokens.shape[0], items, num_levels), jnp.int32)
     params_rng, dropout_rng = jax.random.split(rng)
     return self.module.init({"params": params_rng, "dropout": dropout_rng}, encoder_tokens,
                             decoder_tokens, enable_dropout=False)
@@ -94,12 +90,15 @@ class ItemEncoderDecoderModel(EncoderDecoderModel):
   # ---------------------------------------------------------------- training
   def sequence_logits(self, params: PyTree, batch: Mapping[str, Array],
                       dropout_rng: Optional[Array] = None) -> Array:
-    """logits [B, n, L, vocab] float32 of a sequence batch (dropout with a key)."""
+    """logits [B, n, L, vocab] float32 of a sequence batch (dropout with a key); of a
+    packed batch (`sequence_batch.pack_target_rows`, with decoder_row_window /
+    decoder_row_position), [R, L, vocab] for its R rows."""
     _check_batch(batch, SEQUENCE_KEYS)
     rngs = None if dropout_rng is None else {"dropout": dropout_rng}
     return self.module.apply({"params": params}, batch["encoder_input_tokens"],
                              batch["decoder_input_tokens"], enable_dropout=rngs is not None,
-                             rngs=rngs)
+                             rngs=rngs, decoder_row_window=batch.get("decoder_row_window"),
+                             decoder_row_position=batch.get("decoder_row_position"))
 
   def loss_fn(self, params: PyTree, batch: Mapping[str, Array],
               dropout_rng: Optional[Array]) -> Tuple[Array, dict]:
@@ -107,6 +106,8 @@ class ItemEncoderDecoderModel(EncoderDecoderModel):
     over every weighted position of every window, normalized by the weight sum.
 
     Modality masking (training only) hides one modality of a whole window's history.
+    Packed batches (`sequence_batch.pack_target_rows`) give the same loss with the
+    decoder run over their target rows only.
     Returns (loss, metrics) as `EncoderDecoderModel.loss_fn`.
     """
     if dropout_rng is not None and self.modality_mask_rate > 0.0:
@@ -115,8 +116,8 @@ class ItemEncoderDecoderModel(EncoderDecoderModel):
           jax.random.fold_in(dropout_rng, _MASK_SALT), batch["encoder_input_tokens"])
       batch = dict(batch, encoder_input_tokens=encoder_tokens)
     logits = self.sequence_logits(params, batch, dropout_rng)
-    size, n, num_levels, vocab = logits.shape
-    rows = lambda x: x.reshape((size * n, num_levels) + x.shape[3:])  # noqa: E731
+    num_levels = logits.shape[-2]
+    rows = lambda x: x.reshape((-1, num_levels) + x.shape[logits.ndim - 1:])  # noqa: E731
     return self.token_loss(rows(logits), rows(batch["decoder_target_tokens"]),
                            rows(_weights(batch)))
 
@@ -125,7 +126,8 @@ class ItemEncoderDecoderModel(EncoderDecoderModel):
     return self.sequence_logits(params, batch)
 
   def score_batch(self, params: PyTree, batch: Mapping[str, Array]) -> Array:
-    """[B, n] float32: log-likelihood of each position's target item (weight > 0)."""
+    """[B, n] float32 ([R] packed): log-likelihood of each position's target item
+    (weight > 0)."""
     logits = self.sequence_logits(params, batch)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     targets = batch["decoder_target_tokens"]

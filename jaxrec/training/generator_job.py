@@ -25,7 +25,7 @@ from jaxrec.decoding import DecodingConfig, build_trie, trie_stats
 from jaxrec.generator import EncoderDecoderModel, T5Config, TokenLayout, make_token_batch
 from jaxrec.generator.decoder_only_model import DecoderOnlyModel
 from jaxrec.generator.sequence_batch import (decoder_only_columns, make_decoder_only_batch,
-                                             make_sequence_token_batch)
+                                             make_sequence_token_batch, pack_target_rows)
 from jaxrec.generator.sequence_model import ItemEncoderDecoderModel
 from jaxrec.pipeline import EvalConfig, evaluate_and_save
 from jaxrec.quantizers import modalities as modalities_lib
@@ -104,9 +104,18 @@ def make_sequence_batch_fn(semantic_ids: np.ndarray, layout: TokenLayout,
                            encoder_levels: Optional[Sequence[int]] = None,
                            training_layout: str = "item_encoder") -> trainer_lib.BatchFn:
   """Host window batch (`windows.TrainWindows` rows) -> the per-sequence token batch of
-  `training_layout` ("item_encoder" or "decoder_only")."""
+  `training_layout` ("item_encoder", its decoder rows packed to the targets, or
+  "decoder_only")."""
   convert = SEQUENCE_BATCHES[training_layout]
-  return lambda batch: convert(batch, semantic_ids, layout, target_levels, encoder_levels)
+  if training_layout != "item_encoder":
+    return lambda batch: convert(batch, semantic_ids, layout, target_levels, encoder_levels)
+
+  def packed(batch):
+    tokens = convert(batch, semantic_ids, layout, target_levels, encoder_levels)
+    offset = jax.process_index() * len(tokens["encoder_input_tokens"])
+    return pack_target_rows(tokens, window_offset=offset)
+
+  return packed
 
 
 # Generator training layouts: one example per prefix (TIGER as published), or one window
@@ -279,12 +288,13 @@ def setup(semantic_ids_path: str, dataset: DatasetConfig, trainer_config: traine
                     f"{sorted(TRAINING_LAYOUTS)}", path=f"{entry}.training_layout",
                     fix="bind 'item_encoder' or 'decoder_only' (per-sequence) or "
                         "'per_example' (TIGER's).")
-  if training_layout != "per_example" and position_embeddings:
-    raise DataError(f"position_embeddings (MSCGRec's dual position embeddings) apply to the "
-                    f"per-example encoder, not to training_layout={training_layout!r} (one "
-                    "encoder token per item, relative positions)",
+  if training_layout == "decoder_only" and position_embeddings:
+    raise DataError("position_embeddings (MSCGRec's dual position embeddings) apply to the "
+                    "per_example and item_encoder layouts, not to training_layout="
+                    "'decoder_only' (its item blocks have relative positions only)",
                     path=f"{entry}.position_embeddings",
-                    fix="bind POSITION_EMBEDDINGS = False, or TRAINING_LAYOUT = 'per_example'.")
+                    fix="bind POSITION_EMBEDDINGS = False, or TRAINING_LAYOUT = "
+                        "'item_encoder'.")
   split = leave_one_out(dataset.load())
   ids = load_semantic_ids(semantic_ids_path, split.num_items)
   layout = TokenLayout.for_semantic_ids(ids, num_user_buckets=num_user_buckets)

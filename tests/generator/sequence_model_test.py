@@ -16,7 +16,8 @@ from jaxrec.data.splits import training_prefixes
 from jaxrec.decoding import build_trie, exact_top_k, make_beam_search
 from jaxrec.generator import T5Config, TokenLayout, make_token_batch
 from jaxrec.generator.decoder_only_model import DecoderOnlyModel
-from jaxrec.generator.sequence_batch import make_decoder_only_batch, make_sequence_token_batch
+from jaxrec.generator.sequence_batch import (make_decoder_only_batch, make_sequence_token_batch,
+                                             pack_target_rows, row_capacity)
 from jaxrec.generator.sequence_model import ItemEncoderDecoderModel
 
 MAX_HISTORY = 4
@@ -39,8 +40,12 @@ ARCHITECTURES = {"item_encoder": (ItemEncoderDecoderModel, make_sequence_token_b
                  "decoder_only": (DecoderOnlyModel, make_decoder_only_batch)}
 
 
-def _model(layout, arch="item_encoder", **kwargs):
-  cfg = T5Config.tiny(layout.vocab_size, num_encoder_layers=2, num_decoder_layers=2)
+def _model(layout, arch="item_encoder", positions=False, **kwargs):
+  extra = {}
+  if positions:  # MSCGRec's dual position embeddings (slots of MAX_HISTORY, 3 codes).
+    extra = dict(item_position_embeddings=MAX_HISTORY, code_position_embeddings=3,
+                 encoder_prefix_tokens=1 if layout.num_user_buckets else 0)
+  cfg = T5Config.tiny(layout.vocab_size, num_encoder_layers=2, num_decoder_layers=2, **extra)
   return ARCHITECTURES[arch][0].from_config(cfg, layout, **kwargs)
 
 
@@ -76,12 +81,14 @@ def test_windows_known_answer_and_every_prefix_target_once():
     training_windows(seq, offsets, 0)
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("arch,positions", [("item_encoder", False), ("decoder_only", False),
+                                            ("item_encoder", True)])
 @pytest.mark.parametrize("user_buckets", [0, 7])
-def test_per_sequence_loss_equals_the_per_example_loss_of_each_prefix(user_buckets, arch):
+def test_per_sequence_loss_equals_the_per_example_loss_of_each_prefix(user_buckets, arch,
+                                                                      positions):
   ids = _ids()
   layout = TokenLayout(num_levels=3, codebook_sizes=4, num_user_buckets=user_buckets)
-  model = _model(layout, arch)
+  model = _model(layout, arch, positions)
   seq, offsets = np.array([3, 5, 1, 7, 2, 9, 4]), np.array([0, 7])
   w = training_windows(seq, offsets, MAX_HISTORY)
   batch = _batch(arch, _window_batch(w), ids, layout)
@@ -105,6 +112,47 @@ def test_per_sequence_loss_equals_the_per_example_loss_of_each_prefix(user_bucke
   assert metrics["num_tokens"] == 3 * w.num_targets
   np.testing.assert_allclose(metrics["cross_ent_loss"],
                              -per_sequence.sum() / (3 * w.num_targets), rtol=1e-5)
+
+
+def test_row_capacity_known_answers():
+  assert [row_capacity(c) for c in (0, 1, 64, 65, 96, 97, 129, 193, 300, 385, 600, 1200)] == [
+      64, 64, 64, 96, 96, 128, 192, 256, 384, 512, 768, 1536]
+  assert row_capacity(5, quantum=8) == 8 and row_capacity(9, quantum=8) == 12
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+@pytest.mark.parametrize("user_buckets", [0, 7])
+def test_packed_target_rows_give_the_same_loss_gradients_and_scores(user_buckets, constrained):
+  ids = _ids()
+  layout = TokenLayout(num_levels=3, codebook_sizes=4, num_user_buckets=user_buckets)
+  model = _model(layout, trie=build_trie(ids) if constrained else None,
+                 constrained_loss=constrained)
+  # A head window, two tail windows (one target each) and a short user's window.
+  seq, offsets = np.array([3, 5, 1, 7, 2, 9, 4, 8, 6]), np.array([0, 7, 9])
+  w = training_windows(seq, offsets, MAX_HISTORY)
+  batch = make_sequence_token_batch(_window_batch(w), ids, layout)
+  packed = pack_target_rows(batch, quantum=4)
+  assert len(packed["decoder_row_window"]) == row_capacity(w.num_targets, 4) == 8
+  assert w.num_targets == 7 and np.sum(packed["decoder_loss_weights"][:, 0]) == 7
+  np.testing.assert_array_equal(packed["decoder_row_window"][:7], [0, 0, 0, 0, 1, 2, 3])
+  np.testing.assert_array_equal(packed["decoder_row_position"][:7], [0, 1, 2, 3, 3, 3, 0])
+  np.testing.assert_array_equal(pack_target_rows(batch, window_offset=5, quantum=4)[
+      "decoder_row_window"], packed["decoder_row_window"] + 5)
+  params = _unbox(model.get_initial_variables(
+      jax.random.PRNGKey(3), {k: v.shape for k, v in batch.items()})["params"])
+  (loss, metrics), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(params, batch, None)
+  (p_loss, p_metrics), p_grads = jax.value_and_grad(model.loss_fn, has_aux=True)(
+      params, packed, None)
+  np.testing.assert_allclose(p_loss, loss, rtol=1e-6)
+  for key in metrics:
+    np.testing.assert_allclose(p_metrics[key], metrics[key], rtol=1e-6, err_msg=key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+               p_grads, grads)
+  full = np.asarray(model.score_batch(params, batch))
+  rows = np.asarray(model.score_batch(params, packed))
+  np.testing.assert_allclose(rows[:7], full[packed["decoder_row_window"][:7],
+                                           packed["decoder_row_position"][:7]], rtol=1e-5)
+  np.testing.assert_array_equal(rows[7:], 0.0)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -169,7 +217,4 @@ def test_bad_input_is_named():
     make_sequence_token_batch(batch, ids, layout)
   with pytest.raises(DataError, match="num_items \\+ 1, 3"):  # IDs with the wrong levels.
     make_sequence_token_batch(_window_batch(w), ids[:, :2], layout)
-  cfg = T5Config.tiny(layout.vocab_size, item_position_embeddings=4,
-                      code_position_embeddings=3)
-  with pytest.raises(DataError, match="position_embeddings"):
-    ItemEncoderDecoderModel.from_config(cfg, layout)
+
