@@ -3,9 +3,10 @@
   python tools/evaluate.py --gin_file=gin_configs/runs/train_generator.gin \
     --semantic_ids=/tmp/ids/semantic_ids.npy --workdir=/tmp/tiger_beauty [--checkpoint=latest]
 
-Pass the same gin files and --gin flags as tools/train.py, or the run's saved operative
-config (`--gin_file=<run>/config.gin`, written by tools/train.py and tools/run.py) with
---semantic_ids. Writes
+Pass the same gin files and --gin flags as tools/train.py, or a pipeline run's saved
+operative config (`--gin_file=<run>/config.gin` of tools/run.py, which binds the evaluation
+job) with --semantic_ids. tools/train.py's config.gin binds only the training job, so it is
+refused with that fix. Writes
 <workdir>/eval/<split>_metrics.json (full ranking, 95% bootstrap CIs) and
 eval_config.gin.
 """
@@ -42,7 +43,13 @@ def main(argv):
   paths = {"workdir": _WORKDIR.value}
   if _SEMANTIC_IDS.value:
     paths["semantic_ids_path"] = _SEMANTIC_IDS.value
-  if "dataset" not in configs.bound_arguments(generator_job.evaluate_generator):
+  bound = configs.bound_arguments(generator_job.evaluate_generator)
+  if not bound:
+    raise app.UsageError(
+        "the gin files bind nothing of generator_job.evaluate_generator (a tools/train.py "
+        "config.gin binds only the training job). Fix: pass the gin files and --gin flags "
+        "the run was trained with (e.g. --gin_file=gin_configs/runs/train_generator.gin).")
+  if "dataset" not in bound:
     # A pipeline's operative config binds the dataset of its entry point instead.
     for entry in (end_to_end.run_generative, system_pipeline.run_system):
       dataset = configs.bound_arguments(entry).get("dataset")
