@@ -62,10 +62,10 @@ def _call(configurable: Callable, kwargs: dict):
     raise
 
 
-# The macro a run gin file selects its job with (`JOB = @pipeline.evaluate_baselines`).
+# The macro a run gin file selects its job with (`JOB = @baselines_job.evaluate_baselines`).
 JOB_MACRO = "JOB"
-_JOB_FIX = (f"Fix: add e.g. `{JOB_MACRO} = @pipeline.evaluate_baselines` or "
-            f"`{JOB_MACRO} = @end_to_end.run_generative` to the run gin file (with its "
+_JOB_FIX = (f"Fix: add e.g. `{JOB_MACRO} = @baselines_job.evaluate_baselines` or "
+            f"`{JOB_MACRO} = @system_pipeline.run_system` to the run gin file (with its "
             "`from jaxrec import ...` line), or pass a run gin file that selects one: "
             "--gin_file=gin_configs/runs/baselines.gin or gin_configs/papers/tiger.gin.")
 

@@ -1,4 +1,5 @@
-"""Full-ranking evaluation of any recommender on a leave-one-out split.
+"""Full-ranking evaluation of any recommender on a leave-one-out split, and how jobs run it
+(`EvalConfig`, `evaluate_and_save`).
 
 A recommender is a callable `recommend(histories, k) -> top_items`; see `evaluate`.
 One that scores by user (e.g. LightGCN) sets a truthy attribute `takes_users` and is
@@ -7,9 +8,10 @@ called as `recommend(histories, k, users=users)` with the examples' dataset user
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import tqdm
@@ -237,4 +239,76 @@ def evaluate(recommend: Recommender, split: LeaveOneOutSplit, which: str = "test
   }
   if output_path is not None:
     write_json(result, output_path)
+  return result
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """How models are evaluated (full ranking, leave-one-out).
+
+  Attributes:
+    splits: which held-out parts to evaluate ("valid", "test").
+    ks: metric cutoffs.
+    batch_size: users per recommender call.
+    max_history: history items shown to the recommender (None = all).
+    exclude_history: drop already-seen items from the ranking (off, as the
+      papers report; the metrics JSON records the choice).
+    cold_start_threshold: targets with at most this many training interactions
+      form the cold-start slice.
+    num_bootstrap: resamples for the 95% confidence intervals.
+  """
+  splits: Sequence[str] = ("valid", "test")
+  ks: Sequence[int] = (1, 5, 10, 20)
+  batch_size: int = 256
+  max_history: Optional[int] = None
+  exclude_history: bool = False
+  cold_start_threshold: int = 5
+  num_bootstrap: int = 1000
+
+
+def evaluate_and_save(recommend: Recommender, split, which: str,
+                      eval_config: EvalConfig, workdir: str, max_history: Optional[int],
+                      extra: Union[Mapping[str, Any], Callable[[], Mapping[str, Any]]] = (),
+                      progress: bool = True) -> dict:
+  """Evaluates a trained model on one split and writes `<workdir>/eval/<split>_metrics.json`.
+
+  Runs `evaluation.evaluate` with eval_config's cutoffs, batch size, exclude_history,
+  cold-start threshold and bootstrap, keeps the JSON part of the result, adds
+  "eval_seconds" and "users_per_second" and then the model's `extra` fields, writes
+  the file on process 0 and (with progress) prints the overall recall/ndcg values.
+
+  Args:
+    recommend: the model's recommender (see `evaluation.evaluate`).
+    split: the leave-one-out split.
+    which: "valid" or "test".
+    eval_config: how to evaluate (its `splits` are not used here).
+    workdir: the run folder.
+    max_history: history items shown to the recommender (None = all); the caller
+      resolves eval_config.max_history against its model's own limit.
+    extra: fields added to the result (model, fingerprint, checkpoint, ...), or a
+      function returning them, called after the evaluation (e.g. to read statistics
+      the recommender gathered).
+    progress: progress bar and the printed line.
+
+  Returns:
+    The JSON part of the result with the added fields (what the file holds).
+  """
+  # JAX only here: the baselines job does not need it.
+  import jax  # pylint: disable=g-import-not-at-top
+  started = time.perf_counter()
+  result = evaluate(
+      recommend, split, which, ks=eval_config.ks, batch_size=eval_config.batch_size,
+      max_history=max_history, exclude_history=eval_config.exclude_history,
+      cold_start_threshold=eval_config.cold_start_threshold,
+      num_bootstrap=eval_config.num_bootstrap, progress=progress)
+  seconds = time.perf_counter() - started
+  result = {k: v for k, v in result.items() if k not in ARRAY_KEYS}
+  result.update(eval_seconds=seconds, users_per_second=result["num_examples"] / seconds)
+  result.update(extra() if callable(extra) else extra)
+  if jax.process_index() == 0:
+    write_json(result, os.path.join(workdir, "eval", f"{which}_metrics.json"))
+  if progress:
+    m = result["metrics"]["overall"]
+    print(f"{which}: " + ", ".join(f"{k}={m[k]['mean']:.4f}" for k in sorted(m)
+                                   if k.startswith(("recall@", "ndcg@"))))
   return result

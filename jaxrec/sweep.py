@@ -21,7 +21,8 @@ means with a t-interval over seeds, or, with one seed, the run's bootstrap CI.
   write_reports(sweep_dir, collect(results), metrics=("recall@10", "ndcg@10"))
 
 The spec format and its parser (`read_spec`, `with_common`, `runs_from_gin_files`,
-`RunSpec`, `SpecError`): `jaxrec.sweep_spec`.
+`RunSpec`, `SpecError`): `jaxrec.sweep_spec`. The rendering of the reports (Markdown, CSV,
+bar chart): `jaxrec.sweep_reports`, which imports nothing from this module.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ import numpy as np
 import tqdm
 
 from jaxrec import files
+from jaxrec import sweep_reports
+from jaxrec.sweep_reports import REPORT_NAMES, error_line  # noqa: F401  (also sweep.REPORT_NAMES)
 from jaxrec.sweep_spec import RunSpec, check_runs
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -52,7 +55,6 @@ LOG = "log.txt"
 DEFAULT_METRICS = ("recall@10", "ndcg@10")
 SPLITS = ("test", "valid")
 STATUSES = ("failed", "redone", "ran", "skipped")  # Worst first.
-REPORT_NAMES = ("sweep_results.md", "sweep_results.csv", "sweep_results.png")
 @dataclasses.dataclass(frozen=True)
 class PlannedRun:
   """One subprocess: `python tools/run.py *args` with args ending in --workdir=run_dir."""
@@ -199,14 +201,6 @@ def describe(result: RunResult) -> str:
 
 def _exit(result: RunResult) -> str:
   return "timed out" if result.returncode is None else f"exit {result.returncode}"
-
-
-def error_line(error: str, width: int = 240) -> str:
-  """The line of a log tail that says what went wrong: its last exception line, else its last."""
-  lines = error.splitlines() or [""]
-  line = next((l for l in reversed(lines) if re.match(r"[\w.]*(Error|Exception|Exit)\b", l)),
-              lines[-1])
-  return line if len(line) <= width else line[:width - 3] + "..."
 
 
 # ---------------------------------------------------------------------------- collecting
@@ -356,6 +350,14 @@ def _single(value: Optional[dict]) -> Optional[dict]:
 def write_reports(sweep_dir: str, records: Sequence[dict],
                   metrics: Sequence[str] = DEFAULT_METRICS, split: str = "test",
                   confidence: float = 0.95) -> Dict[str, str]:
-  """Writes sweep_results.{md,csv,png} (see `jaxrec.sweep_reports.write_reports`)."""
-  from jaxrec import sweep_reports  # pylint: disable=g-import-not-at-top
-  return sweep_reports.write_reports(sweep_dir, records, metrics, split, confidence)
+  """Writes sweep_results.md and .png (the split's rows) and .csv (every split), atomically
+  (`jaxrec.sweep_reports` renders the `summarize` rows).
+
+  Returns:
+    {"md", "csv", "png"} -> path.
+  """
+  rows = summarize(records, metrics, split, confidence)
+  splits = [split] + [s for s in SPLITS if s != split and any(r["split"] == s for r in records)]
+  all_rows = rows + [r for s in splits[1:] for r in summarize(records, metrics, s, confidence)
+                     if r["model"] is not None]
+  return sweep_reports.write_reports(sweep_dir, rows, all_rows, metrics, split, LOG)

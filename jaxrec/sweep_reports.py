@@ -1,34 +1,34 @@
-"""Sweep reports: the Markdown table, the CSV and the bar chart of `sweep.summarize` rows."""
+"""Sweep reports: the Markdown table, the CSV and the bar chart of `sweep.summarize` rows.
+
+`jaxrec.sweep` summarizes and calls `write_reports`; this module imports nothing from it.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import os
+import re
 from typing import Dict, Optional, Sequence
 
 from jaxrec import files
 from jaxrec import plots
 import numpy as np
 
-from jaxrec.sweep import DEFAULT_METRICS, LOG, REPORT_NAMES, SPLITS, error_line, summarize
+REPORT_NAMES = ("sweep_results.md", "sweep_results.csv", "sweep_results.png")
 
 
-def write_reports(sweep_dir: str, records: Sequence[dict],
-                  metrics: Sequence[str] = DEFAULT_METRICS, split: str = "test",
-                  confidence: float = 0.95) -> Dict[str, str]:
-  """Writes sweep_results.md and .png (the split's rows) and .csv (every split), atomically.
+def write_reports(sweep_dir: str, rows: Sequence[dict], all_rows: Sequence[dict],
+                  metrics: Sequence[str], split: str, log_name: str) -> Dict[str, str]:
+  """Writes sweep_results.md and .png (`rows`: the split's `sweep.summarize` rows) and .csv
+  (`all_rows`: every split's), atomically; `log_name` is a run folder's log file.
 
   Returns:
     {"md", "csv", "png"} -> path.
   """
-  rows = summarize(records, metrics, split, confidence)
-  splits = [split] + [s for s in SPLITS if s != split and any(r["split"] == s for r in records)]
-  all_rows = rows + [r for s in splits[1:] for r in summarize(records, metrics, s, confidence)
-                     if r["model"] is not None]
   paths = {k: os.path.join(sweep_dir, name) for k, name in zip(("md", "csv", "png"),
                                                                REPORT_NAMES)}
-  files.write_text(paths["md"], markdown(rows, metrics, split))
+  files.write_text(paths["md"], markdown(rows, metrics, split, log_name))
   files.write_text(paths["csv"], to_csv(all_rows, metrics))
   figure = plot(rows, metrics, split)
   plots.save_png(figure, paths["png"])
@@ -55,6 +55,14 @@ def _cell(text) -> str:
   return str(text).replace("|", "\\|").replace("\n", " / ")
 
 
+def error_line(error: str, width: int = 240) -> str:
+  """The line of a log tail that says what went wrong: its last exception line, else its last."""
+  lines = error.splitlines() or [""]
+  line = next((l for l in reversed(lines) if re.match(r"[\w.]*(Error|Exception|Exit)\b", l)),
+              lines[-1])
+  return line if len(line) <= width else line[:width - 3] + "..."
+
+
 def _status(row: dict) -> str:
   if "failed" not in row["status"]:
     return row["status"]
@@ -63,8 +71,9 @@ def _status(row: dict) -> str:
   return f"FAILED (exit {','.join(codes)}): {error_line(row['error'])}"
 
 
-def markdown(rows: Sequence[dict], metrics: Sequence[str], split: str) -> str:
-  """sweep_results.md: the aggregated table, the per-seed rows of runs with seeds, failures."""
+def markdown(rows: Sequence[dict], metrics: Sequence[str], split: str, log_name: str) -> str:
+  """sweep_results.md: the aggregated table, the per-seed rows of runs with seeds, failures
+  (with the path of each failed run's `log_name`)."""
   lines = [f"# Sweep results ({split} split)", "",
            "Mean (95% interval): with one seed the run's bootstrap CI, with several the "
            "t-interval of the mean over seeds. Run time: seconds this sweep spent on the run "
@@ -96,8 +105,8 @@ def markdown(rows: Sequence[dict], metrics: Sequence[str], split: str) -> str:
   for run, s in failed.values():
     code = "timed out" if s["returncode"] is None else f"exit {s['returncode']}"
     seed = "" if s["seed"] is None else f" seed {s['seed']}"
-    lines += ["", f"`{run}`{seed}: {code}, log {os.path.join(s['run_dir'], LOG)}", "", "```",
-              s["error"], "```"]
+    log = os.path.join(s["run_dir"], log_name)
+    lines += ["", f"`{run}`{seed}: {code}, log {log}", "", "```", s["error"], "```"]
   return "\n".join(lines) + "\n"
 
 

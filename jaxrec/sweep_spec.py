@@ -13,7 +13,7 @@ run's, then the command line's (later bindings win; bindings beat files). VALUEs
 gin literals written as in a gin file (`--gin.DatasetConfig.name="beauty"`); spaces
 are allowed inside quotes and brackets (`--gin.EvalConfig.ks=(1, 10)`). With seeds,
 each seed is its own run folder and `--seed_binding` (comma-separated names, e.g.
-`pipeline.evaluate_baselines.seed` or a macro `SEED`) receives it. A line ending in
+`baselines_job.evaluate_baselines.seed` or a macro `SEED`) receives it. A line ending in
 a backslash continues on the next.
 """
 
@@ -82,7 +82,7 @@ def split_line(line: str, where: str = "<spec>") -> List[str]:
   if quote or depth > 0:
     raise SpecError(f"unclosed {'quote' if quote else 'bracket'} in {line.strip()!r}",
                     path=where, fix="close it; values are gin literals, e.g. "
-                    "--gin.X=\"a b\" or --gin.pipeline.EvalConfig.ks=(1, 10).")
+                    "--gin.X=\"a b\" or --gin.evaluation.EvalConfig.ks=(1, 10).")
   return tokens + [current] * bool(current)
 
 
@@ -92,7 +92,7 @@ def parse_binding(text: str, where: str = "<spec>") -> str:
   name, value = name.strip(), value.strip()
   if not eq or not name or not value or " " in name:
     raise SpecError(f"bad binding {text!r}", path=where,
-                    fix="write --gin.NAME=VALUE, e.g. --gin.pipeline.EvalConfig.num_bootstrap=10.")
+                    fix="write --gin.NAME=VALUE, e.g. --gin.evaluation.EvalConfig.num_bootstrap=10.")
   return f"{name}={value}"
 
 
@@ -114,7 +114,7 @@ def parse_seed_bindings(text: str, where: str = "<spec>") -> Tuple[str, ...]:
   if not names or not all(re.fullmatch(r"[A-Za-z_][\w.]*(/[\w.]+)*", n) for n in names):
     raise SpecError(f"bad seed binding {text!r}", path=where,
                     fix="name bindings or macros, e.g. "
-                        "--seed_binding=pipeline.evaluate_baselines.seed or --seed_binding=SEED.")
+                        "--seed_binding=baselines_job.evaluate_baselines.seed or --seed_binding=SEED.")
   return names
 
 
@@ -269,4 +269,4 @@ def check_runs(runs: Sequence[RunSpec], source: Optional[str] = None) -> None:
     if r.seeds and not r.seed_bindings:
       raise SpecError(f"run {r.name!r} has seeds {list(r.seeds)} but no seed binding",
                       path=source, fix="add --seed_binding=NAME (e.g. "
-                      "pipeline.evaluate_baselines.seed, or a macro SEED the gin files use).")
+                      "baselines_job.evaluate_baselines.seed, or a macro SEED the gin files use).")

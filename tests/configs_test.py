@@ -27,7 +27,7 @@ def test_gin_file_parses(path):
 def test_unknown_binding_is_named():
   with pytest.raises(configs.ConfigError, match="no_such_field"):
     configs.parse(["gin_configs/runs/baselines.gin"],
-                  MACROS + ["pipeline.EvalConfig.no_such_field = 3"])
+                  MACROS + ["evaluation.EvalConfig.no_such_field = 3"])
 
 
 def test_split_gin_flags():

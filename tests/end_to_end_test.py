@@ -1,4 +1,5 @@
-"""The TIGER pipeline through gin (as tools/run.py runs it): artifacts, skipping, re-running."""
+"""TIGER through the system job and gin (as tools/run.py runs it): artifacts, skipping,
+re-running, tools/evaluate.py on the saved config."""
 
 import dataclasses
 import json
@@ -9,11 +10,10 @@ import numpy as np
 import pytest
 
 from jaxrec import configs
-from jaxrec import end_to_end
-from jaxrec.training import checkpoints
+from jaxrec.pipeline import system as system_pipeline
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
-from jaxrec.encoders import item_job
+from jaxrec.jobs import item_job
 
 # A test-sized TIGER: the tiny catalog, a small RQ-VAE, T5Config.tiny, a few steps.
 TINY = [
@@ -28,8 +28,8 @@ TINY = [
     "qtraining.TokenizerTrainConfig.batch_size = 64",
     "qtraining.TokenizerTrainConfig.warmup_steps = 2",
     "qtraining.TokenizerTrainConfig.kmeans_iters = 5",
-    "pipeline.EvalConfig.num_bootstrap = 20",
-    "pipeline.EvalConfig.splits = ('test',)",
+    "evaluation.EvalConfig.num_bootstrap = 20",
+    "evaluation.EvalConfig.splits = ('test',)",
     "DECODING = None",  # Greedy decoding: the cheapest evaluation.
 ]
 FILES = ["gin_configs/papers/tiger.gin", "gin_configs/data/synthetic_tiny.gin"]
@@ -73,7 +73,7 @@ def test_pipeline_builds_skips_and_reruns_after_a_tokenizer_change(tmp_path, cap
   assert saved["stages"]["semantic_ids"]["artifacts"]["semantic_ids.npy"].endswith(
       "semantic_ids/semantic_ids.npy")
   operative = (tmp_path / "config.gin").read_text()
-  assert "end_to_end.run_generative.text_encoder = 'minilm'" in operative
+  assert "system_pipeline.run_system.text_encoder = 'minilm'" in operative
   capsys.readouterr()
 
   # The same configuration again: every stage is skipped, nothing is rewritten.
@@ -104,56 +104,12 @@ def test_pipeline_builds_skips_and_reruns_after_a_tokenizer_change(tmp_path, cap
   assert json.loads(metrics_file.read_text())["metrics"] == expected
 
 
-def test_run_stage_skips_reruns_in_place_and_supersedes(tmp_path, capsys):
-  """The stage bookkeeping alone (no jobs): what makes a stage run, resume or move aside."""
-  calls = []
-  folder = tmp_path / "stage"
-
-  def build(content="a"):
-    def run():
-      calls.append(content)
-      (folder / "out.txt").write_text(content)
-      return [str(folder / "out.txt")]
-    return run
-
-  def stage(fp, run, settings=None, keep_old=True):
-    return end_to_end.run_stage(str(tmp_path), "generator", str(folder), fp, {"x": 1}, run,
-                                settings=settings, keep_old=keep_old)
-
-  assert stage("fp1", build(), {"num_steps": 3}).status == "ran"
-  assert stage("fp1", build(), {"num_steps": 3}).status == "skipped"
-  assert "[3/4] generator: skipped: up to date" in capsys.readouterr().out
-  # A resumable setting changed: run again in the same folder (the job resumes).
-  result = stage("fp1", build("b"), {"num_steps": 5})
-  assert result.status == "ran" and result.superseded is None
-  # An artifact changed behind the marker's back: not trusted.
-  (folder / "out.txt").write_text("edited")
-  assert stage("fp1", build("c"), {"num_steps": 5}).status == "ran"
-  # Another configuration: the old folder is kept under superseded/, or deleted.
-  result = stage("fp2", build("d"), {"num_steps": 5})
-  assert result.superseded == str(tmp_path / "superseded" / "generator-fp1")
-  assert (tmp_path / "superseded" / "generator-fp1" / "out.txt").read_text() == "c"
-  assert stage("fp3", build("e"), keep_old=False).superseded is None
-  assert sorted(p.name for p in (tmp_path / "superseded").iterdir()) == ["generator-fp1"]
-  assert calls == ["a", "b", "c", "d", "e"]
-  # A run that died leaves a "running" marker: the stage runs again.
-  with pytest.raises(RuntimeError):
-    stage("fp4", lambda: (_ for _ in ()).throw(RuntimeError("killed")))
-  assert json.loads((folder / "stage.json").read_text())["status"] == "running"
-  assert stage("fp4", build("f")).status == "ran"
-  # Another process running this stage of the workdir: refused at once, nothing written.
-  with checkpoints.workdir_lock(str(tmp_path), name=".generator.lock"):
-    with pytest.raises(checkpoints.WorkdirError, match=r"is in use: .*generator stage"):
-      stage("fp5", build("g"))
-  assert calls == ["a", "b", "c", "d", "e", "f"]
-
-
 def test_stage_config_counts_gin_only_arguments_but_not_resumable_fields():
   configs.parse(FILES, TINY + ["WORKDIR = '/tmp/w'"])
   job = configs.bound_arguments(configs.selected_job())
-  train = lambda: end_to_end.stage_config(job["train_job"], {},  # noqa: E731
-                                          drop=end_to_end._RESUMABLE_FIELDS)
-  evaluate = lambda: end_to_end.stage_config(job["eval_job"], {})  # noqa: E731
+  train = lambda: system_pipeline.job_config(job["train_job"], {},  # noqa: E731
+                                             drop=system_pipeline.RESUMABLE_FIELDS)
+  evaluate = lambda: system_pipeline.job_config(job["eval_job"], {})  # noqa: E731
   before_train, before_eval = train(), evaluate()
   assert before_train["model_config"]["bindings"]["dropout_rate"] == 0.0  # T5Config.tiny's.
   configs.parse(FILES, TINY + ["WORKDIR = '/tmp/w'", "NUM_STEPS = 50"])
@@ -166,7 +122,7 @@ def test_stage_config_counts_gin_only_arguments_but_not_resumable_fields():
 
 def test_run_gin_files_select_their_jobs():
   for path, name in [("gin_configs/runs/baselines.gin", "evaluate_baselines"),
-                     ("gin_configs/papers/tiger.gin", "run_generative")]:
+                     ("gin_configs/papers/tiger.gin", "run_system")]:
     configs.parse([path], ["WORKDIR = '/tmp/w'"])
     assert configs.selected_job().__name__ == name
 
@@ -176,7 +132,7 @@ def test_no_job_selected_names_the_fix():
   with pytest.raises(configs.ConfigError, match=r"select no job.*JOB = @"):
     configs.run_job()
   configs.parse(["gin_configs/runs/baselines.gin"],
-                ["WORKDIR = '/tmp/w'", "JOB = @pipeline.EvalConfig()"])
+                ["WORKDIR = '/tmp/w'", "JOB = @evaluation.EvalConfig()"])
   with pytest.raises(configs.ConfigError, match="without parentheses"):
     configs.run_job()
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from jaxrec import configs
-from jaxrec import end_to_end
-from jaxrec import system_pipeline
-from jaxrec.training import generator_job
+from jaxrec.pipeline import stage as stage_lib
+from jaxrec.pipeline import system as system_pipeline
+from jaxrec.jobs import generator_job
 from jaxrec.data.errors import DataError
 
 # Test-sized everything: the tiny catalog (60 items with 16 px images), small tokenizers,
@@ -28,11 +28,11 @@ TINY = [
     "qtraining.TokenizerTrainConfig.batch_size = 64",
     "qtraining.TokenizerTrainConfig.warmup_steps = 2",
     "qtraining.TokenizerTrainConfig.kmeans_iters = 5",
-    "pipeline.EvalConfig.num_bootstrap = 20",
-    "pipeline.EvalConfig.splits = ('test',)",
+    "evaluation.EvalConfig.num_bootstrap = 20",
+    "evaluation.EvalConfig.splits = ('test',)",
     "beam_search.DecodingConfig.beam_size = 10",
     "beam_search.DecodingConfig.top_k = 10",
-    "pipeline.EvalConfig.ks = (1, 5, 10)",
+    "evaluation.EvalConfig.ks = (1, 5, 10)",
 ]
 SASREC = [
     "COLLAB_STEPS = 4", "COLLAB_EVAL_EVERY = 4",
@@ -41,13 +41,13 @@ SASREC = [
     "collab/sasrec.SasRecConfig.hidden = 16",
     "collab/sasrec.SasRecConfig.max_len = 10",
     "collab/trainer.TrainerConfig.max_history = 10",
-    "collab/pipeline.EvalConfig.num_bootstrap = 10",
+    "collab/evaluation.EvalConfig.num_bootstrap = 10",
 ]
 LIGHTGCN = [
     "COLLAB_EPOCHS = 2", "COLLAB_EVAL_EVERY = 1",
     "collab/lightgcn.LightGcnConfig.embed_dim = 16",
     "collab/lightgcn_job.LightGcnTrainConfig.batch_size = 256",
-    "collab/pipeline.EvalConfig.num_bootstrap = 10",
+    "collab/evaluation.EvalConfig.num_bootstrap = 10",
 ]
 DATA = "gin_configs/data/synthetic_tiny.gin"
 
@@ -217,7 +217,7 @@ def test_every_ablation_changes_its_paper_config_and_says_why(path):
     bound = configs.bound_arguments(system_pipeline.run_system)
     generator = configs.bound_arguments(generator_job.train_generator)
     ids_job = configs.bound_arguments(bound["semantic_ids_job"])
-    return end_to_end.canonical({"run": bound, "generator": generator, "ids": ids_job})
+    return stage_lib.canonical({"run": bound, "generator": generator, "ids": ids_job})
 
   paper = resolved([f"gin_configs/papers/{system}.gin"])
   ablation = resolved([path])
@@ -232,7 +232,7 @@ def test_a_cached_stage_another_run_is_building_is_waited_for(tmp_path, capsys):
   """Two runs sharing a FEATURE_CACHE: the second waits on the stage lock, then goes on."""
   folder = str(tmp_path / "collaborative-abc")
   order = []
-  with system_pipeline.stage_lock(folder, progress=False):
+  with stage_lib.stage_lock(folder, progress=False):
     waiter = threading.Thread(target=lambda: _enter(folder, order))
     waiter.start()
     waiter.join(timeout=1.0)
@@ -242,10 +242,10 @@ def test_a_cached_stage_another_run_is_building_is_waited_for(tmp_path, capsys):
   assert not waiter.is_alive()
   assert order == ["first done", "second entered"]
   assert f"waiting for another run building {folder}" in capsys.readouterr().out
-  with system_pipeline.stage_lock(folder, progress=False):  # released again
+  with stage_lib.stage_lock(folder, progress=False):  # released again
     pass
 
 
 def _enter(folder, order):
-  with system_pipeline.stage_lock(folder, label="[2/5] collaborative: ", poll_seconds=0.05):
+  with stage_lib.stage_lock(folder, label="[2/5] collaborative: ", poll_seconds=0.05):
     order.append("second entered")

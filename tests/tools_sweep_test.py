@@ -20,7 +20,7 @@ from jaxrec import sweep_spec
 REPO = pathlib.Path(__file__).parents[1]
 BASELINES = "gin_configs/runs/baselines.gin"
 # Shared by every run of the real sweeps: the tiny catalog, 10 bootstrap resamples (fast).
-FAST = "--gin_file=gin_configs/data/synthetic_tiny.gin --gin.pipeline.EvalConfig.num_bootstrap=10"
+FAST = "--gin_file=gin_configs/data/synthetic_tiny.gin --gin.evaluation.EvalConfig.num_bootstrap=10"
 T_975_1DF = 12.706204736174707  # scipy.stats.t.ppf(0.975, 1)
 
 
@@ -48,13 +48,13 @@ def _csv_rows(path):
 
 
 SPEC = r"""# A header comment that ends in a backslash \
---gin_file=data/tiny.gin --gin.pipeline.EvalConfig.num_bootstrap=10   # shared by every run
+--gin_file=data/tiny.gin --gin.evaluation.EvalConfig.num_bootstrap=10   # shared by every run
 
 a: runs/baselines.gin   # a comment after a run
 b: runs/baselines.gin --gin.DatasetConfig.name="my name # no comment"   \
-   --gin.pipeline.EvalConfig.ks=(1, 10) --gin.X='it\'s' --gin_file=more.gin
-c: "dir with space/x.gin" --gin.pipeline.EvalConfig.num_bootstrap=20 --seeds=0,1 \
-   --seed_binding=pipeline.evaluate_baselines.seed,SEED
+   --gin.evaluation.EvalConfig.ks=(1, 10) --gin.X='it\'s' --gin_file=more.gin
+c: "dir with space/x.gin" --gin.evaluation.EvalConfig.num_bootstrap=20 --seeds=0,1 \
+   --seed_binding=baselines_job.evaluate_baselines.seed,SEED
 """
 
 
@@ -62,31 +62,31 @@ def test_parse_spec_comments_quotes_brackets_shared_options():
   a, b, c = sweep_spec.parse_spec(SPEC, "spec.txt")
   assert (a.name, b.name, c.name) == ("a", "b", "c")
   assert a.gin_files == ("runs/baselines.gin", "data/tiny.gin")  # shared files come after
-  assert a.bindings == ("pipeline.EvalConfig.num_bootstrap=10",)
+  assert a.bindings == ("evaluation.EvalConfig.num_bootstrap=10",)
   assert a.seeds == () and a.seed_bindings == ()
   assert b.gin_files == ("runs/baselines.gin", "more.gin", "data/tiny.gin")
-  assert b.bindings == ("pipeline.EvalConfig.num_bootstrap=10",
+  assert b.bindings == ("evaluation.EvalConfig.num_bootstrap=10",
                         'DatasetConfig.name="my name # no comment"',  # a gin literal, verbatim
-                        "pipeline.EvalConfig.ks=(1, 10)", r"X='it\'s'")
+                        "evaluation.EvalConfig.ks=(1, 10)", r"X='it\'s'")
   assert c.gin_files == ("dir with space/x.gin", "data/tiny.gin")
   # Shared bindings first, the run's after them (later ones win).
-  assert c.bindings == ("pipeline.EvalConfig.num_bootstrap=10",
-                        "pipeline.EvalConfig.num_bootstrap=20")
-  assert c.seeds == (0, 1) and c.seed_bindings == ("pipeline.evaluate_baselines.seed", "SEED")
+  assert c.bindings == ("evaluation.EvalConfig.num_bootstrap=10",
+                        "evaluation.EvalConfig.num_bootstrap=20")
+  assert c.seeds == (0, 1) and c.seed_bindings == ("baselines_job.evaluate_baselines.seed", "SEED")
 
 
 def test_plan_expands_seeds_and_appends_command_line_options(tmp_path):
   runs = sweep_spec.with_common(sweep_spec.parse_spec(SPEC), gin_files=["cli.gin"],
-                                bindings=["pipeline.EvalConfig.batch_size = 8"])
+                                bindings=["evaluation.EvalConfig.batch_size = 8"])
   planned = sweep.plan(runs, str(tmp_path))
   assert [(p.name, p.seed) for p in planned] == [("a", None), ("b", None), ("c", 0), ("c", 1)]
   a, c1 = planned[0], planned[3]
   assert a.run_dir == str(tmp_path / "a") and c1.run_dir == str(tmp_path / "c" / "seed_1")
   assert a.args == ("--gin_file=runs/baselines.gin", "--gin_file=data/tiny.gin",
-                    "--gin_file=cli.gin", "--gin.pipeline.EvalConfig.num_bootstrap=10",
-                    "--gin.pipeline.EvalConfig.batch_size=8", f"--workdir={tmp_path / 'a'}")
-  assert c1.args[-4:] == ("--gin.pipeline.EvalConfig.batch_size=8",
-                          "--gin.pipeline.evaluate_baselines.seed=1", "--gin.SEED=1",
+                    "--gin_file=cli.gin", "--gin.evaluation.EvalConfig.num_bootstrap=10",
+                    "--gin.evaluation.EvalConfig.batch_size=8", f"--workdir={tmp_path / 'a'}")
+  assert c1.args[-4:] == ("--gin.evaluation.EvalConfig.batch_size=8",
+                          "--gin.baselines_job.evaluate_baselines.seed=1", "--gin.SEED=1",
                           f"--workdir={tmp_path / 'c' / 'seed_1'}")
   assert c1.command[1:] == [str(REPO / "tools" / "run.py"), *c1.args]
   # The command line's seeds replace the spec's, for every run.
@@ -132,7 +132,7 @@ def test_runs_from_gin_files(tmp_path):
 def test_two_run_sweep_writes_reports_and_skips_finished_runs(tmp_path, capsys):
   spec = tmp_path / "spec.txt"
   spec.write_text(f"{FAST}\nkept: {BASELINES}\n"
-                  f"excluded: {BASELINES} --gin.pipeline.EvalConfig.exclude_history=True\n")
+                  f"excluded: {BASELINES} --gin.evaluation.EvalConfig.exclude_history=True\n")
   out = tmp_path / "sweep"
   assert _run_tool([f"--spec={spec}", f"--sweep_dir={out}", "--progress=false",
                     "--max_parallel=2"]) == 0
@@ -174,17 +174,17 @@ def test_two_run_sweep_writes_reports_and_skips_finished_runs(tmp_path, capsys):
 
   # A changed command is run again, and the result says what changed.
   kept = sweep_spec.with_common(sweep_spec.read_spec(str(spec))[:1],
-                                bindings=["pipeline.EvalConfig.num_bootstrap=11"])
+                                bindings=["evaluation.EvalConfig.num_bootstrap=11"])
   result = sweep.run_one(sweep.plan(kept, str(out))[0])
   assert result.status == "redone"
-  assert "added --gin.pipeline.EvalConfig.num_bootstrap=11" in result.note
+  assert "added --gin.evaluation.EvalConfig.num_bootstrap=11" in result.note
   assert os.stat(out / "kept" / sweep.LOG).st_mtime_ns != logs["kept"]
 
 
 def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, capsys):
   spec = tmp_path / "spec.txt"
-  spec.write_text(f"bad: {BASELINES} {FAST} --gin.pipeline.evaluate_baselines.no_such_arg=1\n"
-                  f"good: {BASELINES} {FAST} --gin.pipeline.evaluate_baselines.baselines="
+  spec.write_text(f"bad: {BASELINES} {FAST} --gin.baselines_job.evaluate_baselines.no_such_arg=1\n"
+                  f"good: {BASELINES} {FAST} --gin.baselines_job.evaluate_baselines.baselines="
                   f"('random',)\n")
   out = tmp_path / "sweep"
   assert _run_tool([f"--spec={spec}", f"--sweep_dir={out}", "--progress=false"]) == 1

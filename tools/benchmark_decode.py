@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -51,12 +52,18 @@ import numpy as np
 
 from jaxrec.decoding.beam_search import BeamSearchOutput, make_beam_search
 from jaxrec import files
-from jaxrec.decoding.host_trie import (  # noqa: F401  (prefix_mask: re-exported for tests)
-    HostTrie, host_trie_beam_search, make_host_pieces, prefix_mask)
 from jaxrec.decoding.trie import Trie, build_trie, trie_stats
 from jaxrec.generator import config as t5_config
 from jaxrec.generator import model as model_lib
 from jaxrec.generator import vocab
+
+# tools/host_trie.py, the host-side baseline, sits beside this file (tools/ is not a package,
+# and tests load this file by path). prefix_mask: re-exported for tests.
+_TOOLS = os.path.dirname(os.path.abspath(__file__))
+if _TOOLS not in sys.path:
+  sys.path.insert(0, _TOOLS)
+from host_trie import (  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+    HostTrie, host_trie_beam_search, make_host_pieces, prefix_mask)
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -237,7 +244,7 @@ def run(batch_size: int = 256, beam_size: int = 20, top_k: int = 10, num_batches
   if semantic_ids_path:
     if num_items is None:
       num_items = int(np.load(semantic_ids_path, mmap_mode="r").shape[0])
-    from jaxrec.training import generator_job  # pylint: disable=g-import-not-at-top
+    from jaxrec.jobs import generator_job  # pylint: disable=g-import-not-at-top
     sids = generator_job.load_semantic_ids(semantic_ids_path, num_items)
     sids_source = semantic_ids_path
   else:

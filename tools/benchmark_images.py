@@ -40,7 +40,7 @@ from jaxrec.encoders import image_io
 from jaxrec.quantizers import agreement
 from jaxrec.quantizers import semantic_ids
 from jaxrec.quantizers import training as qtraining
-from jaxrec.training import image_tokenizer_job
+from jaxrec.jobs import image_tokenizer_job
 
 LABELS = {"synthetic": "color", "ml100k": "genre", "hm": "product_group"}
 

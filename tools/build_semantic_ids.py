@@ -14,7 +14,7 @@ from absl import app
 from absl import flags
 
 from jaxrec import configs
-from jaxrec.training import tokenizer_job
+from jaxrec.jobs import tokenizer_job
 
 _GIN_FILES = flags.DEFINE_multi_string("gin_file", ["gin_configs/runs/semantic_ids.gin"],
                                        "gin files, in order.")

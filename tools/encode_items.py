@@ -6,8 +6,8 @@ Row r of the output is item id r + 1. Usage:
       [--image_encoder=efficientnet_lite0|efficientnet_lite2|features --features=my.npy]
 
 A rerun with the same dataset, encoder and max_length is skipped (see
-`jaxrec.encoders.item_job.encode_items`, which the TIGER pipeline also calls, and
-`jaxrec.encoders.image_job.encode_images`: items without a readable image get a zero row,
+`jaxrec.jobs.item_job.encode_items`, which the TIGER pipeline also calls, and
+`jaxrec.jobs.image_job.encode_images`: items without a readable image get a zero row,
 counted with the reasons in the sidecar).
 """
 
@@ -21,8 +21,8 @@ from absl import flags
 from jaxrec.data import loading
 from jaxrec.data.config import DatasetConfig
 from jaxrec.encoders import image
-from jaxrec.encoders import image_job
-from jaxrec.encoders import item_job
+from jaxrec.jobs import image_job
+from jaxrec.jobs import item_job
 from jaxrec.encoders import text
 
 FLAGS = flags.FLAGS

@@ -17,8 +17,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jaxrec import configs, end_to_end, system_pipeline
-from jaxrec.training import generator_job
+from jaxrec import configs
+from jaxrec.pipeline import system as system_pipeline
+from jaxrec.jobs import generator_job
 
 _GIN_FILES = flags.DEFINE_multi_string("gin_file", ["gin_configs/runs/train_generator.gin"],
                                        "gin files, in order.")
@@ -51,11 +52,9 @@ def main(argv):
         "the run was trained with (e.g. --gin_file=gin_configs/runs/train_generator.gin).")
   if "dataset" not in bound:
     # A pipeline's operative config binds the dataset of its entry point instead.
-    for entry in (end_to_end.run_generative, system_pipeline.run_system):
-      dataset = configs.bound_arguments(entry).get("dataset")
-      if dataset is not None:
-        paths["dataset"] = dataset
-        break
+    dataset = configs.bound_arguments(system_pipeline.run_system).get("dataset")
+    if dataset is not None:
+      paths["dataset"] = dataset
   configs.run(generator_job.evaluate_generator, checkpoint=_CHECKPOINT.value, **paths)
   configs.save_config(_WORKDIR.value, name="eval_config.gin")
   print(f"metrics in {_WORKDIR.value}/eval/")

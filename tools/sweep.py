@@ -3,7 +3,7 @@
   python tools/sweep.py --spec=gin_configs/sweeps/baselines_smoke.txt --sweep_dir=/tmp/sweep
   python tools/sweep.py --runs='gin_configs/ablations/cemg/*.gin' \
     --gin_file=gin_configs/data/beauty.gin --seeds=0,1,2 --seed_binding=SEED --sweep_dir=/tmp/cemg
-  python tools/sweep.py --spec=... --sweep_dir=... --gin.pipeline.EvalConfig.num_bootstrap=100 \
+  python tools/sweep.py --spec=... --sweep_dir=... --gin.evaluation.EvalConfig.num_bootstrap=100 \
     --metrics=recall@10,ndcg@10,cold_start/recall@10 --max_parallel=2
 
 Every run (and seed) runs `python tools/run.py` in its own subprocess with

@@ -18,7 +18,7 @@ from absl import logging
 import jax
 
 from jaxrec import configs
-from jaxrec.training import generator_job
+from jaxrec.jobs import generator_job
 
 _GIN_FILES = flags.DEFINE_multi_string("gin_file", ["gin_configs/runs/train_generator.gin"],
                                        "gin files, in order.")

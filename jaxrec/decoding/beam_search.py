@@ -9,6 +9,10 @@ to the level's max branching), and a top-k over beams x candidates keeps the bes
 `beam_size` prefixes. Scores are sums of full-softmax token log-probabilities, the
 quantity `EncoderDecoderModel.score_codes` computes teacher-forced, so an exhaustive
 scorer is an exact oracle for it.
+
+`beam_search` is the `decode_fn` a job gives the model (`EncoderDecoderModel(...,
+decoding=DecodingConfig(...), decode_fn=beam_search)`): with it, `predict_batch` is this
+search; the model itself imports nothing from `decoding`.
 """
 
 from __future__ import annotations
@@ -21,11 +25,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.data.errors import DataError
 from jaxrec.decoding.trie import Trie
 
 Array = jax.Array
 PyTree = Any
+
+
+class DecodingError(ValueError):
+  """A bad decoding setting (`DecodingConfig`, beam_size / top_k); the message names it
+  and, with `fix`, what to change ("<problem> Fix: <fix>", the form of `DataError`)."""
+
+  def __init__(self, problem: str, *, fix: Optional[str] = None):
+    super().__init__(f"{problem} Fix: {fix}" if fix else problem)
+    self.problem = problem
+    self.fix = fix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +57,12 @@ class DecodingConfig:
     for name in ("beam_size", "top_k"):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise DataError(f"DecodingConfig.{name} must be a positive integer, got {value!r}.")
+        raise DecodingError(f"DecodingConfig.{name} must be a positive integer, got "
+                            f"{value!r}.")
     if self.top_k > self.beam_size:
-      raise DataError(f"DecodingConfig.top_k={self.top_k} exceeds beam_size="
-                      f"{self.beam_size}: a beam search returns at most beam_size items.",
-                      fix="raise beam_size to at least top_k.")
+      raise DecodingError(f"DecodingConfig.top_k={self.top_k} exceeds beam_size="
+                          f"{self.beam_size}: a beam search returns at most beam_size items.",
+                          fix="raise beam_size to at least top_k.")
 
 
 class BeamSearchOutput(NamedTuple):
@@ -98,7 +112,7 @@ def beam_search(model: Any, params: PyTree, encoder_input_tokens: Array,
     A `BeamSearchOutput`, best first.
   """
   if top_k > beam_size:
-    raise DataError(f"top_k={top_k} exceeds beam_size={beam_size}.")
+    raise DecodingError(f"top_k={top_k} exceeds beam_size={beam_size}.")
   layout = model.layout
   num_levels = layout.num_levels
   offsets = [int(o) for o in layout.level_offsets]

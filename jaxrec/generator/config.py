@@ -8,7 +8,7 @@ from typing import Sequence
 
 import jax.numpy as jnp
 
-from jaxrec.data.errors import DataError
+from jaxrec.generator.errors import ModelConfigError
 
 ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swish", "tanh", "linear")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -165,4 +165,4 @@ class T5Config:
 
 
 def _fail(field: str, problem: str, fix: str):
-  raise DataError(f"T5Config.{field} {problem}.", fix=fix)
+  raise ModelConfigError(f"T5Config.{field} {problem}.", fix=fix)

@@ -8,14 +8,14 @@ history encoded once per user, its keys/values shared by every beam).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 
-from jaxrec.data.errors import DataError
 from jaxrec.generator.config import T5Config
 from jaxrec.generator.decoder_only_network import DecoderOnlyTransformer
+from jaxrec.generator.errors import ModelConfigError
 from jaxrec.generator.model import EncoderDecoderModel, _check_batch, _weights
 from jaxrec.generator.vocab import TargetLayout, TokenLayout
 
@@ -39,33 +39,37 @@ class DecoderOnlyModel(EncoderDecoderModel):
                layout: Union[TokenLayout, TargetLayout], config: Optional[T5Config] = None,
                trie: Any = None, constrained_loss: bool = False, decoding: Any = None,
                modality_mask_rate: float = 0.0,
-               encoder_token_modalities: Optional[Sequence[int]] = None):
+               encoder_token_modalities: Optional[Sequence[int]] = None,
+               decode_fn: Optional[Callable[..., Any]] = None):
     super().__init__(network, layout, config, trie, constrained_loss, decoding,
-                     modality_mask_rate, encoder_token_modalities)
+                     modality_mask_rate, encoder_token_modalities, decode_fn)
     if self.config.position_embeddings:
-      raise DataError("the decoder-only layout uses relative positions; MSCGRec's dual "
-                      "position embeddings do not apply.",
-                      fix="bind generator_job.train_generator.position_embeddings = False "
-                          "(POSITION_EMBEDDINGS) with training_layout = 'decoder_only'.")
+      raise ModelConfigError("the decoder-only layout uses relative positions; MSCGRec's "
+                             "dual position embeddings do not apply.",
+                             fix="bind generator_job.train_generator.position_embeddings = "
+                                 "False (POSITION_EMBEDDINGS) with training_layout = "
+                                 "'decoder_only'.")
     if self.modality_mask_rate > 0.0:
-      raise DataError("modality masking hides history tokens, which in the decoder-only "
-                      "sequence are also training targets.",
-                      fix="bind MODALITY_MASK_RATE = 0.0 with training_layout = "
-                          "'decoder_only', or use 'item_encoder' / 'per_example'.")
+      raise ModelConfigError("modality masking hides history tokens, which in the "
+                             "decoder-only sequence are also training targets.",
+                             fix="bind MODALITY_MASK_RATE = 0.0 with training_layout = "
+                                 "'decoder_only', or use 'item_encoder' / 'per_example'.")
     if self.encoder_tokens_per_item < self.target_length:
-      raise DataError(f"a decoder-only item block of {self.encoder_tokens_per_item} "
-                      f"column(s) cannot hold the {self.target_length} generated codes.",
-                      fix="let the history read the target modality "
-                          "(generator_job.setup orders the block columns).")
+      raise ModelConfigError(f"a decoder-only item block of {self.encoder_tokens_per_item} "
+                             f"column(s) cannot hold the {self.target_length} generated "
+                             "codes.",
+                             fix="let the history read the target modality "
+                                 "(generator_job.setup orders the block columns).")
 
   @classmethod
   def from_config(cls, config: T5Config, layout: Union[TokenLayout, TargetLayout],
                   trie: Any = None, constrained_loss: bool = False, decoding: Any = None,
                   modality_mask_rate: float = 0.0,
-                  encoder_token_modalities: Optional[Sequence[int]] = None
+                  encoder_token_modalities: Optional[Sequence[int]] = None,
+                  decode_fn: Optional[Callable[..., Any]] = None
                   ) -> "DecoderOnlyModel":
     return cls(DecoderOnlyTransformer(config), layout, config, trie, constrained_loss,
-               decoding, modality_mask_rate, encoder_token_modalities)
+               decoding, modality_mask_rate, encoder_token_modalities, decode_fn)
 
   # ---------------------------------------------------------------- variables
   def default_input_shapes(self, batch_size: int = 1, max_history: int = 1) -> dict:

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.data.errors import DataError
+from jaxrec.generator.errors import ModelConfigError
 from jaxrec.generator.vocab import PAD_ID
 
 Array = jax.Array
@@ -25,15 +25,15 @@ def token_modalities(length: int, prefix: int, item_modalities: Sequence[int]) -
     item_modalities: the modality index of each of an item's encoder tokens.
 
   Raises:
-    DataError: a length that is not prefix + whole items.
+    ModelConfigError: a length that is not prefix + whole items.
   """
   width = len(item_modalities)
   body = length - prefix
   if width < 1 or body < 0 or body % width:
-    raise DataError(f"the encoder input has {length} tokens, which is not {prefix} prefix "
-                    f"tokens + whole history items of {width} tokens.",
-                    fix="pass encoder_token_modalities with one entry per encoder column of "
-                        "make_token_batch.")
+    raise ModelConfigError(f"the encoder input has {length} tokens, which is not {prefix} "
+                           f"prefix tokens + whole history items of {width} tokens.",
+                           fix="pass encoder_token_modalities with one entry per encoder "
+                               "column of make_token_batch.")
   return np.concatenate([np.full(prefix, -1), np.tile(np.asarray(item_modalities),
                                                       body // width)]).astype(np.int32)
 

@@ -1,11 +1,14 @@
 """t5x-style `EncoderDecoderModel`: initial variables, loss, scores, greedy level-restricted
 prediction and the encode / cached decode-step helpers a beam search uses. No jit here.
+
+The beam search is injected (t5x's `decode_fn`): the job that builds the model passes
+`decode_fn=jaxrec.decoding.beam_search.beam_search`, so nothing here imports `decoding`.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -14,10 +17,10 @@ import numpy as np
 from flax import traverse_util
 
 from jaxrec.data.errors import DataError
-from jaxrec.decoding import beam_search as beam_search_lib
 from jaxrec.generator import layers
 from jaxrec.generator import masking
 from jaxrec.generator.config import T5Config
+from jaxrec.generator.errors import ModelConfigError
 from jaxrec.generator.network import Transformer
 from jaxrec.generator.vocab import TargetLayout, TokenLayout
 
@@ -94,7 +97,11 @@ class EncoderDecoderModel:
     constrained_loss: normalize the training softmax over the codes the trie allows
       after the target's prefix (MSCGRec); needs `trie`.
     decoding: a `decoding.DecodingConfig` (beam_size, top_k): with it and a trie,
-      `predict_batch` is the constrained beam search; without, greedy decoding.
+      `predict_batch` is the constrained beam search (`decode_fn`); without, greedy
+      decoding.
+    decode_fn: the beam search, `decode_fn(model, params, encoder_input_tokens, trie,
+      beam_size, top_k)` returning `(items, scores, codes)`, e.g.
+      `decoding.beam_search.beam_search`; required with `decoding` and a trie.
     modality_mask_rate: MSCGRec's modality masking: in training (`loss_fn` with a
       dropout key) each example, with this probability, loses all history tokens of
       one uniformly drawn encoder modality. Never with fewer than two modalities.
@@ -106,45 +113,54 @@ class EncoderDecoderModel:
                config: Optional[T5Config] = None, trie: Any = None,
                constrained_loss: bool = False, decoding: Any = None,
                modality_mask_rate: float = 0.0,
-               encoder_token_modalities: Optional[Sequence[int]] = None):
+               encoder_token_modalities: Optional[Sequence[int]] = None,
+               decode_fn: Optional[Callable[..., Any]] = None):
     self.module = network
     self.decoding = decoding
+    self.decode_fn = decode_fn
     self.layout = layout.target() if isinstance(layout, TokenLayout) else layout
     self.config = network.config if config is None else config
     self.modality_mask_rate = float(modality_mask_rate)
     self.encoder_token_modalities = (None if encoder_token_modalities is None else
                                      tuple(int(m) for m in encoder_token_modalities))
     if not 0.0 <= self.modality_mask_rate < 1.0:
-      raise DataError(f"modality_mask_rate must be in [0, 1), got {modality_mask_rate}.",
-                      fix="MSCGRec masks with a small rate; 0 disables it.")
+      raise ModelConfigError(f"modality_mask_rate must be in [0, 1), got {modality_mask_rate}.",
+                             fix="MSCGRec masks with a small rate; 0 disables it.")
     if self.encoder_token_modalities is not None and (
         not self.encoder_token_modalities or min(self.encoder_token_modalities) < 0):
-      raise DataError(f"encoder_token_modalities must hold one modality index >= 0 per "
-                      f"encoder column, got {encoder_token_modalities!r}.")
+      raise ModelConfigError(f"encoder_token_modalities must hold one modality index >= 0 "
+                             f"per encoder column, got {encoder_token_modalities!r}.")
     if self.config.position_embeddings and (
         self.config.encoder_prefix_tokens != self.prefix_tokens):
-      raise DataError(f"T5Config.encoder_prefix_tokens={self.config.encoder_prefix_tokens} "
-                      f"but the token layout puts {self.prefix_tokens} user token(s) before "
-                      "the history items.",
-                      fix="bind it to 1 with user buckets, else 0.")
+      raise ModelConfigError(
+          f"T5Config.encoder_prefix_tokens={self.config.encoder_prefix_tokens} but the "
+          f"token layout puts {self.prefix_tokens} user token(s) before the history items.",
+          fix="bind it to 1 with user buckets, else 0.")
     self.trie = trie
     self.constrained_loss = bool(constrained_loss)
     if self.constrained_loss and trie is None:
-      raise DataError("constrained_loss needs the trie of the semantic IDs.",
-                      fix="pass trie=decoding.build_trie(semantic_ids) to the model.")
+      raise ModelConfigError("constrained_loss needs the trie of the semantic IDs.",
+                             fix="pass trie=decoding.build_trie(semantic_ids) to the model.")
+    if self.beam_search_enabled and decode_fn is None:
+      raise ModelConfigError("decoding (a DecodingConfig) with a trie needs decode_fn, the "
+                             "beam search predict_batch runs.",
+                             fix="pass decode_fn=jaxrec.decoding.beam_search.beam_search "
+                                 "to the model.")
     if self.config.vocab_size < layout.vocab_size:
-      raise DataError(f"T5Config.vocab_size={self.config.vocab_size} is smaller than the "
-                      f"token layout's {layout.vocab_size} tokens.",
-                      fix="bind T5Config.vocab_size to TokenLayout.vocab_size (or more).")
+      raise ModelConfigError(f"T5Config.vocab_size={self.config.vocab_size} is smaller than "
+                             f"the token layout's {layout.vocab_size} tokens.",
+                             fix="bind T5Config.vocab_size to TokenLayout.vocab_size (or "
+                                 "more).")
 
   @classmethod
   def from_config(cls, config: T5Config, layout: Union[TokenLayout, TargetLayout],
                   trie: Any = None, constrained_loss: bool = False, decoding: Any = None,
                   modality_mask_rate: float = 0.0,
-                  encoder_token_modalities: Optional[Sequence[int]] = None
+                  encoder_token_modalities: Optional[Sequence[int]] = None,
+                  decode_fn: Optional[Callable[..., Any]] = None
                   ) -> "EncoderDecoderModel":
     return cls(Transformer(config), layout, config, trie, constrained_loss, decoding,
-               modality_mask_rate, encoder_token_modalities)
+               modality_mask_rate, encoder_token_modalities, decode_fn)
 
   @property
   def prefix_tokens(self) -> int:
@@ -382,7 +398,7 @@ class EncoderDecoderModel:
                              ) -> Tuple[Array, dict]:
     """Beam search when `beam_search_enabled`, else greedy decoding.
 
-    Beam search (trie-constrained, `decoding.beam_search`): items [B, top_k] int32,
+    Beam search (trie-constrained, `decode_fn`): items [B, top_k] int32,
     best first (0 where fewer items exist); aux: scores [B, top_k], codes
     [B, top_k, L].
 
@@ -393,9 +409,9 @@ class EncoderDecoderModel:
     _check_batch(batch, ("encoder_input_tokens",))
     encoder_tokens = batch["encoder_input_tokens"]
     if self.beam_search_enabled:
-      out = beam_search_lib.beam_search(self, params, encoder_tokens, self.trie,
-                                    self.decoding.beam_size, self.decoding.top_k)
-      return out.items, {"scores": out.scores, "codes": out.codes}
+      items, scores, codes = self.decode_fn(self, params, encoder_tokens, self.trie,
+                                            self.decoding.beam_size, self.decoding.top_k)
+      return items, {"scores": scores, "codes": codes}
     size = encoder_tokens.shape[0]
     encoded = self.encode(params, encoder_tokens)
     cache = self.init_cache(params, size)

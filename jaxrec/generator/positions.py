@@ -8,9 +8,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxrec.data.errors import DataError
 from jaxrec.generator import layers
 from jaxrec.generator.config import T5Config
+from jaxrec.generator.errors import ModelConfigError
 
 Array = jax.Array
 # Logical axis of absolute-position tables (t5x's name); unmapped in
@@ -22,11 +22,12 @@ def _slots(length: int, prefix: int, item_width: int) -> int:
   """Number of history item slots in an encoder input of `length` tokens."""
   body = length - prefix
   if item_width < 1 or body < 0 or body % item_width:
-    raise DataError(f"the encoder input has {length} tokens, which is not "
-                    f"{prefix} prefix tokens + whole history items of {item_width} tokens.",
-                    fix="bind T5Config.encoder_prefix_tokens (1 with a user token) and "
-                        "encoder_tokens_per_item to the encoder columns per item of "
-                        "make_token_batch.")
+    raise ModelConfigError(f"the encoder input has {length} tokens, which is not "
+                           f"{prefix} prefix tokens + whole history items of {item_width} "
+                           "tokens.",
+                           fix="bind T5Config.encoder_prefix_tokens (1 with a user token) and "
+                               "encoder_tokens_per_item to the encoder columns per item of "
+                               "make_token_batch.")
   return body // item_width
 
 

@@ -15,6 +15,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 
 from jaxrec.data.errors import DataError
+from jaxrec.generator.errors import ModelConfigError
 from jaxrec.generator.vocab import (BOS_ID, PAD_ID, TargetLayout, TokenLayout, _check_items,
                                     check_levels)
 
@@ -180,16 +181,17 @@ def make_decoder_only_batch(batch: Mapping[str, np.ndarray], semantic_ids: np.nd
       items, else 0.
 
   Raises:
-    DataError: as `make_sequence_token_batch`; encoder_levels that do not start with the
-      target levels.
+    DataError: as `make_sequence_token_batch`.
+    ModelConfigError: bad columns; encoder_levels that do not start with the target
+      levels.
   """
   layout, history, target_cols, encoder_cols, tokens, row_weight = _windows(
       batch, semantic_ids, layout, target_levels, encoder_levels, "make_decoder_only_batch")
   if encoder_cols[:len(target_cols)] != target_cols:
-    raise DataError(f"a decoder-only item block must start with the generated columns "
-                    f"{target_cols}, got encoder_levels {encoder_cols}.",
-                    fix="pass encoder_levels=decoder_only_columns(target_levels, "
-                        "encoder_levels) (generator_job.setup does).")
+    raise ModelConfigError(f"a decoder-only item block must start with the generated "
+                           f"columns {target_cols}, got encoder_levels {encoder_cols}.",
+                           fix="pass encoder_levels=decoder_only_columns(target_levels, "
+                               "encoder_levels) (generator_job.setup does).")
   size, width = history.shape
   user = _user_tokens(batch, layout, size)
   blocks = tokens[..., encoder_cols].reshape(size, width * len(encoder_cols))

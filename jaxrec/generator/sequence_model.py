@@ -7,13 +7,13 @@ same signatures, so the trie beam search, greedy decoding and exact scoring run 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 
-from jaxrec.data.errors import DataError
 from jaxrec.generator.config import T5Config
+from jaxrec.generator.errors import ModelConfigError
 from jaxrec.generator.item_network import ItemTransformer
 from jaxrec.generator.model import _MASK_SALT, EncoderDecoderModel, _check_batch, _weights
 from jaxrec.generator.vocab import TargetLayout, TokenLayout
@@ -40,29 +40,32 @@ class ItemEncoderDecoderModel(EncoderDecoderModel):
                config: Optional[T5Config] = None, trie: Any = None,
                constrained_loss: bool = False, decoding: Any = None,
                modality_mask_rate: float = 0.0,
-               encoder_token_modalities: Optional[Sequence[int]] = None):
+               encoder_token_modalities: Optional[Sequence[int]] = None,
+               decode_fn: Optional[Callable[..., Any]] = None):
     super().__init__(network, layout, config, trie, constrained_loss, decoding,
-                     modality_mask_rate, encoder_token_modalities)
+                     modality_mask_rate, encoder_token_modalities, decode_fn)
     if (network.prefix, network.tokens_per_item) != (self.prefix_tokens,
                                                      self.encoder_tokens_per_item):
-      raise DataError(f"ItemTransformer(prefix={network.prefix}, tokens_per_item="
-                      f"{network.tokens_per_item}) does not match the layout's "
-                      f"{self.prefix_tokens} user token(s) and "
-                      f"{self.encoder_tokens_per_item} encoder tokens per item.",
-                      fix="build it with ItemEncoderDecoderModel.from_config.")
+      raise ModelConfigError(f"ItemTransformer(prefix={network.prefix}, tokens_per_item="
+                             f"{network.tokens_per_item}) does not match the layout's "
+                             f"{self.prefix_tokens} user token(s) and "
+                             f"{self.encoder_tokens_per_item} encoder tokens per item.",
+                             fix="build it with ItemEncoderDecoderModel.from_config.")
 
   @classmethod
   def from_config(cls, config: T5Config, layout: Union[TokenLayout, TargetLayout],
                   trie: Any = None, constrained_loss: bool = False, decoding: Any = None,
                   modality_mask_rate: float = 0.0,
-                  encoder_token_modalities: Optional[Sequence[int]] = None
+                  encoder_token_modalities: Optional[Sequence[int]] = None,
+                  decode_fn: Optional[Callable[..., Any]] = None
                   ) -> "ItemEncoderDecoderModel":
     target = layout.target() if isinstance(layout, TokenLayout) else layout
     prefix = 1 if target.num_user_buckets else 0
     width = (len(encoder_token_modalities) if encoder_token_modalities is not None
              else target.num_levels)
     return cls(ItemTransformer(config, prefix, width), layout, config, trie,
-               constrained_loss, decoding, modality_mask_rate, encoder_token_modalities)
+               constrained_loss, decoding, modality_mask_rate, encoder_token_modalities,
+               decode_fn)
 
   # ---------------------------------------------------------------- variables
   def default_input_shapes(self, batch_size: int = 1, max_history: int = 1) -> dict:

@@ -10,6 +10,7 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from jaxrec.data.errors import DataError
+from jaxrec.generator.errors import ModelConfigError
 
 PAD_ID = 0
 BOS_ID = 1
@@ -23,7 +24,7 @@ class _CodeBlocks:
   def level_token_range(self, level: int) -> Tuple[int, int]:
     """(start, end): the tokens of `level` are start <= token < end."""
     if not 0 <= level < self.num_levels:
-      raise DataError(f"level {level} is outside [0, {self.num_levels}).")
+      raise ModelConfigError(f"level {level} is outside [0, {self.num_levels}).")
     start = int(self.level_offsets[level])
     return start, start + self.codebook_sizes[level]
 
@@ -86,23 +87,23 @@ class TokenLayout(_CodeBlocks):
   def __post_init__(self):
     if isinstance(self.num_levels, bool) or not isinstance(self.num_levels, int) or (
         self.num_levels < 1):
-      raise DataError(f"TokenLayout.num_levels must be a positive integer, got "
-                      f"{self.num_levels!r}.", fix="set it to the semantic-ID length.")
+      raise ModelConfigError(f"TokenLayout.num_levels must be a positive integer, got "
+                             f"{self.num_levels!r}.", fix="set it to the semantic-ID length.")
     sizes = self.codebook_sizes
     sizes = (sizes,) * self.num_levels if isinstance(sizes, (int, np.integer)) else sizes
     sizes = tuple(int(s) for s in sizes)
     if len(sizes) != self.num_levels or min(sizes) < 1:
-      raise DataError(f"TokenLayout.codebook_sizes must hold {self.num_levels} positive "
-                      f"sizes (one per level), got {sizes}.",
-                      fix="give one size per level, e.g. (256, 256, 256, 8).")
+      raise ModelConfigError(f"TokenLayout.codebook_sizes must hold {self.num_levels} "
+                             f"positive sizes (one per level), got {sizes}.",
+                             fix="give one size per level, e.g. (256, 256, 256, 8).")
     object.__setattr__(self, "codebook_sizes", sizes)
     if self.num_special < 2:
-      raise DataError(f"TokenLayout.num_special must be >= 2 (PAD and BOS), got "
-                      f"{self.num_special}.", fix="use the default 2.")
+      raise ModelConfigError(f"TokenLayout.num_special must be >= 2 (PAD and BOS), got "
+                             f"{self.num_special}.", fix="use the default 2.")
     for name in ("num_user_buckets", "num_reserved"):
       if getattr(self, name) < 0:
-        raise DataError(f"TokenLayout.{name} must be >= 0, got {getattr(self, name)}.",
-                        fix="use 0 to disable.")
+        raise ModelConfigError(f"TokenLayout.{name} must be >= 0, got "
+                               f"{getattr(self, name)}.", fix="use 0 to disable.")
 
   @classmethod
   def for_semantic_ids(cls, semantic_ids, **kwargs) -> "TokenLayout":
@@ -160,7 +161,7 @@ class TokenLayout(_CodeBlocks):
     `num_user_buckets`: deterministic across runs and machines.
     """
     if self.num_user_buckets == 0:
-      raise DataError("TokenLayout.num_user_buckets is 0: there are no user tokens.")
+      raise ModelConfigError("TokenLayout.num_user_buckets is 0: there are no user tokens.")
     users = np.asarray(user_ids).astype(np.int64)
     flat = users.reshape(-1)
     h = np.multiply(flat.astype(np.uint32), _HASH_MULTIPLIER)  # wraps mod 2^32
@@ -174,7 +175,7 @@ def check_levels(levels: Optional[Sequence[int]], num_levels: int, binding: str
   """None -> all columns (0..num_levels-1); else distinct column indices, in the given order.
 
   Raises:
-    DataError naming `binding`: empty, repeated or out-of-range columns.
+    ModelConfigError naming `binding`: empty, repeated or out-of-range columns.
   """
   if levels is None:
     return tuple(range(num_levels))
@@ -185,10 +186,10 @@ def check_levels(levels: Optional[Sequence[int]], num_levels: int, binding: str
     cols, ok = (), False
   if not ok or not cols or len(set(cols)) != len(cols) or min(cols) < 0 or (
       max(cols) >= num_levels):
-    raise DataError(f"{binding} = {levels!r} must be distinct column indices in "
-                    f"[0, {num_levels}) of the semantic-ID table.",
-                    fix="pass e.g. modalities.find(segments, name, ...).levels, or None for "
-                        "all columns.")
+    raise ModelConfigError(f"{binding} = {levels!r} must be distinct column indices in "
+                           f"[0, {num_levels}) of the semantic-ID table.",
+                           fix="pass e.g. modalities.find(segments, name, ...).levels, or "
+                               "None for all columns.")
   return cols
 
 
@@ -280,7 +281,8 @@ def make_token_batch(batch: Mapping[str, np.ndarray], semantic_ids: np.ndarray,
     [B, G] float32 (the batch weight, default 1, broadcast over the G tokens).
 
   Raises:
-    DataError: bad shapes, lengths, columns or item ids outside the semantic-ID table.
+    DataError: bad shapes, lengths or item ids outside the semantic-ID table.
+    ModelConfigError: bad columns (`check_levels`).
   """
   if isinstance(layout, TargetLayout):
     target_levels = layout.levels if target_levels is None else target_levels

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrec.encoders import fusion
+from jaxrec.quantizers import fusion
 from jaxrec.quantizers import rqkmeans, rqvae, vq
 from jaxrec.quantizers import training as qtraining
 

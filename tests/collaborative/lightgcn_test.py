@@ -12,10 +12,10 @@ import pytest
 from jaxrec import configs, evaluation
 from jaxrec.collaborative import heuristics
 from jaxrec.collaborative import lightgcn
-from jaxrec.collaborative import lightgcn_job
+from jaxrec.jobs import lightgcn_job
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.splits import leave_one_out
-from jaxrec.pipeline import EvalConfig
+from jaxrec.evaluation import EvalConfig
 from jaxrec.training import checkpoints
 from jaxrec.training import partitioning
 
@@ -281,18 +281,37 @@ def test_damaged_newest_checkpoint_resumes_from_the_older_exactly(whole_run, tmp
     np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_gin_job_trains_evaluates_and_exports(tmp_path):
-  workdir = str(tmp_path / "run")
-  configs.parse(["gin_configs/papers/lightgcn.gin", "gin_configs/data/synthetic_tiny.gin"],
-                [f"WORKDIR = {workdir!r}", "NUM_EPOCHS = 2", "EVAL_EVERY = 1",
-                 "lightgcn.LightGcnConfig.embed_dim = 16",
-                 "lightgcn_job.LightGcnTrainConfig.batch_size = 256",
-                 "pipeline.EvalConfig.num_bootstrap = 10"])
-  try:
-    out = configs.run_job(progress=False)
-  finally:
-    configs.clear()
-  assert out["train"]["epoch"] == 2
+def test_gin_job_trains_evaluates_skips_resumes_and_exports(tmp_path):
+  run = str(tmp_path / "run")
+  workdir = os.path.join(run, "lightgcn")
+
+  def job(epochs=2):
+    configs.parse(["gin_configs/papers/lightgcn.gin", "gin_configs/data/synthetic_tiny.gin"],
+                  [f"WORKDIR = {run!r}", f"NUM_EPOCHS = {epochs}", "EVAL_EVERY = 1",
+                   "lightgcn.LightGcnConfig.embed_dim = 16",
+                   "lightgcn_job.LightGcnTrainConfig.batch_size = 256",
+                   "evaluation.EvalConfig.num_bootstrap = 10"])
+    try:
+      return configs.run_job(progress=False)
+    finally:
+      configs.clear()
+  summary = job()
+  assert {n: s["status"] for n, s in summary["stages"].items()} == {"lightgcn": "ran",
+                                                                     "evaluation": "ran"}
+  assert json.load(open(os.path.join(workdir, "train_summary.json")))["epoch"] == 2
+  assert "| lightgcn |" in open(os.path.join(run, "results.md")).read()
+  assert {s["status"] for s in job()["stages"].values()} == {"skipped"}
+  # More epochs: the model stage runs again in its folder (it resumes), then the evaluation.
+  summary = job(epochs=3)
+  assert {n: s["status"] for n, s in summary["stages"].items()} == {"lightgcn": "ran",
+                                                                     "evaluation": "ran"}
+  assert json.load(open(os.path.join(workdir, "train_summary.json")))["epoch"] == 3
+  config = lightgcn.LightGcnConfig(embed_dim=16)
+  train = lightgcn_job.LightGcnTrainConfig(  # lightgcn.gin's Adam lr is 5e-3.
+      num_epochs=3, batch_size=256, eval_every=1,
+      optimizer=dataclasses.replace(lightgcn_job.ADAM, learning_rate=5e-3))
+  out = {"item_embeddings": lightgcn_job.export_item_embeddings(
+      workdir, TINY, config, train, progress=False)}
   for which in ("valid", "test"):
     saved = json.load(open(os.path.join(workdir, "eval", f"{which}_metrics.json")))
     assert saved["split"] == which and saved["model"] == "lightgcn"
@@ -304,10 +323,6 @@ def test_gin_job_trains_evaluates_and_exports(tmp_path):
   meta = json.load(open(os.path.splitext(path)[0] + ".json"))
   assert meta["num_items"] == 60 and meta["dim"] == 16 and meta["rows"] == "row r is item id r + 1"
   # Row r is item r + 1: the exported rows score users exactly like the recommender.
-  config = lightgcn.LightGcnConfig(embed_dim=16)
-  train = lightgcn_job.LightGcnTrainConfig(  # lightgcn.gin's Adam lr is 5e-3.
-      num_epochs=2, batch_size=256, eval_every=1,
-      optimizer=dataclasses.replace(lightgcn_job.ADAM, learning_rate=5e-3))
   s = lightgcn_job.setup(TINY, config, train)
   params, _ = lightgcn_job.restore_params(s, workdir, "best")
   users, items = lightgcn_job.final_embeddings(s, params)

@@ -18,14 +18,15 @@ from jaxrec import configs
 from jaxrec import evaluation
 from jaxrec.collaborative import heuristics
 from jaxrec.collaborative import sasrec
-from jaxrec.collaborative import sasrec_job
+from jaxrec.jobs import sasrec_job
+from jaxrec.pipeline import system as system_pipeline
 from jaxrec.data import batching
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.splits import leave_one_out
-from jaxrec.pipeline import EvalConfig
+from jaxrec.evaluation import EvalConfig
 from jaxrec.training import checkpoints
 from jaxrec.training import optimizers
-from jaxrec.training import tokenizer_job
+from jaxrec.jobs import tokenizer_job
 from jaxrec.training import trainer as trainer_lib
 
 TINY = DatasetConfig(name="synthetic", options={"num_items": 60, "num_users": 80,
@@ -240,8 +241,13 @@ def test_gin_file_selects_the_job():
     configs.parse(["gin_configs/papers/sasrec.gin", "gin_configs/data/synthetic_tiny.gin"],
                   ["WORKDIR = '/tmp/w'"])
     job = configs.selected_job()
-    assert "run_sasrec" in getattr(job, "__name__", repr(job))
-    bound = configs.bound_arguments(sasrec_job.run_sasrec)
+    assert "run_system" in getattr(job, "__name__", repr(job))
+    system = configs.bound_arguments(system_pipeline.run_system)
+    assert system["modalities"] == () and system["model_stage"] == "sasrec"
+    bound = configs.bound_arguments(sasrec_job.train_sasrec)
+    assert bound == {k: v for k, v in configs.bound_arguments(sasrec_job.evaluate_sasrec).items()
+                     if k != "checkpoint"}
+    bound["dataset"] = system["dataset"]
     # The paper's sparse-data dropout (0.5); the rest are SasRecConfig's defaults.
     assert bound["model_config"] == sasrec.SasRecConfig(dropout=0.5)
     assert bound["trainer_config"].max_history == bound["model_config"].max_len == 50

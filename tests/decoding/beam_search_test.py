@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxrec.data.errors import DataError
-from jaxrec.decoding import DecodingConfig, build_trie, exact_top_k, make_beam_search
+from jaxrec.decoding import (DecodingConfig, DecodingError, build_trie, exact_top_k,
+                             make_beam_search)
 from jaxrec.decoding.beam_search import beam_search
-from jaxrec.generator import EncoderDecoderModel, T5Config, TokenLayout
+from jaxrec.generator import EncoderDecoderModel, ModelConfigError, T5Config, TokenLayout
 
 
 class MarkovModel:
@@ -137,7 +137,8 @@ def t5_setup():
   config = T5Config.tiny(layout.vocab_size, emb_dim=32, head_dim=16, mlp_dim=64)
   trie = build_trie(ids, codebook_sizes=layout.codebook_sizes)
   model = EncoderDecoderModel.from_config(config, layout, trie,
-                                          decoding=DecodingConfig(beam_size=30, top_k=10))
+                                          decoding=DecodingConfig(beam_size=30, top_k=10),
+                                          decode_fn=beam_search)
   params = nn.meta.unbox(model.get_initial_variables(jax.random.PRNGKey(1))["params"])
   params = jax.tree.map(lambda x: 3.0 * x, params)  # peakier distributions
   tokens = jnp.asarray(rng.integers(2, layout.code_to_token(np.array([7, 7, 0]))[2], (8, 9)),
@@ -206,8 +207,19 @@ def test_model_predict_batch_is_the_beam_search(t5_setup):
   np.testing.assert_array_equal(items, out.items)
 
 
+def test_a_model_with_decoding_and_a_trie_needs_its_decode_fn(t5_setup):
+  ids, model, params, tokens = t5_setup
+  with pytest.raises(ModelConfigError, match="decode_fn"):
+    EncoderDecoderModel.from_config(model.config, model.layout, model.trie,
+                                    decoding=DecodingConfig(beam_size=30, top_k=10))
+  greedy = EncoderDecoderModel.from_config(model.config, model.layout, model.trie)
+  assert not greedy.beam_search_enabled  # no DecodingConfig: greedy, no decode_fn needed
+
+
 def test_decoding_config_errors():
-  with pytest.raises(DataError, match="beam_size"):
+  with pytest.raises(DecodingError, match="beam_size"):
     DecodingConfig(beam_size=5, top_k=10)
-  with pytest.raises(DataError, match="positive"):
+  with pytest.raises(DecodingError, match="positive"):
     DecodingConfig(beam_size=0)
+  with pytest.raises(DecodingError, match="exceeds"):
+    beam_search(None, None, jnp.zeros((1, 2), jnp.int32), None, beam_size=2, top_k=3)

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.data.errors import DataError
 from jaxrec.decoding import build_trie
-from jaxrec.generator import EncoderDecoderModel, T5Config, TokenLayout, make_token_batch
+from jaxrec.generator import (EncoderDecoderModel, ModelConfigError, T5Config, TokenLayout,
+                              make_token_batch)
 from jaxrec.generator import model as model_lib
 
 IDS = np.array([[0, 0, 0], [0, 1, 0], [0, 2, 0], [1, 1, 3]])  # items 1..3
@@ -82,6 +82,6 @@ def test_constrained_loss_trains_and_jits(model_and_batch):
 
 
 def test_constrained_loss_needs_a_trie():
-  with pytest.raises(DataError, match="trie"):
+  with pytest.raises(ModelConfigError, match="trie"):
     EncoderDecoderModel.from_config(T5Config.tiny(LAYOUT.vocab_size), LAYOUT,
                                     constrained_loss=True)

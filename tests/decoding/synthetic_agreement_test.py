@@ -24,9 +24,10 @@ from jaxrec.decoding import exact_top_k, make_beam_search
 from jaxrec.generator import T5Config, make_token_batch
 from jaxrec.quantizers import semantic_ids as sid_lib
 from jaxrec.quantizers import training as qtraining
-from jaxrec.training import generator_job, optimizers, partitioning
+from jaxrec.jobs import generator_job
+from jaxrec.training import optimizers, partitioning
 from jaxrec.training import trainer as trainer_lib
-from jaxrec.pipeline import EvalConfig
+from jaxrec.evaluation import EvalConfig
 
 pytestmark = pytest.mark.slow
 

@@ -18,6 +18,7 @@ import pytest
 from jaxrec.data.errors import DataError
 from jaxrec.generator import model as model_lib
 from jaxrec.generator.config import T5Config
+from jaxrec.generator.errors import ModelConfigError
 from jaxrec.generator.model import EncoderDecoderModel
 from jaxrec.generator.vocab import TokenLayout, make_token_batch
 
@@ -140,7 +141,7 @@ def test_token_cross_entropy_known_answers():
 
 def test_batch_and_vocab_errors():
   layout = TokenLayout(2, 4, num_user_buckets=2)
-  with pytest.raises(DataError, match="vocab_size"):
+  with pytest.raises(ModelConfigError, match="vocab_size"):
     EncoderDecoderModel.from_config(T5Config.tiny(layout.vocab_size - 1), layout)
   model = EncoderDecoderModel.from_config(T5Config.tiny(layout.vocab_size), layout)
   with pytest.raises(DataError, match="make_token_batch"):

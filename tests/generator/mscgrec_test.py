@@ -17,6 +17,7 @@ from jaxrec.generator import masking
 from jaxrec.generator import model as model_lib
 from jaxrec.generator import positions
 from jaxrec.generator.config import T5Config
+from jaxrec.generator.errors import ModelConfigError
 from jaxrec.generator.model import EncoderDecoderModel
 from jaxrec.generator.network import Transformer
 from jaxrec.generator.vocab import TargetLayout, TokenLayout, make_token_batch
@@ -59,7 +60,7 @@ def test_target_view_offsets_and_token_ranges():
   np.testing.assert_array_equal(full.level_offsets, LAYOUT.level_offsets)
   np.testing.assert_array_equal(full.level_mask(), LAYOUT.level_mask())
   for bad in [(), (4, 4), (6,), (-1,), ("a",)]:
-    with pytest.raises(DataError, match="my.binding"):
+    with pytest.raises(ModelConfigError, match="my.binding"):
       LAYOUT.target(bad, "my.binding")
 
 
@@ -86,7 +87,7 @@ def test_make_token_batch_with_target_and_encoder_columns():
   assert full["encoder_input_tokens"].shape == (2, 1 + 3 * 6)
   np.testing.assert_array_equal(full["decoder_target_tokens"],
                                 LAYOUT.code_to_token(SIDS[[3, 1]]))
-  with pytest.raises(DataError, match="make_token_batch.encoder_levels"):
+  with pytest.raises(ModelConfigError, match="make_token_batch.encoder_levels"):
     make_token_batch(batch, SIDS, LAYOUT, 3, encoder_levels=(0, 9))
 
 
@@ -103,7 +104,7 @@ def test_item_recency_and_code_positions():
                                 [[1, 1, 0, 0, 0, 0], [2, 2, 1, 1, 0, 0]])
   np.testing.assert_array_equal(positions.code_position(9, 1, 2), [0, 0, 1, 0, 1, 0, 1, 0, 1])
   np.testing.assert_array_equal(positions.code_position(6, 0, 3), [0, 1, 2, 0, 1, 2])
-  with pytest.raises(DataError, match="encoder_prefix_tokens"):
+  with pytest.raises(ModelConfigError, match="encoder_prefix_tokens"):
     positions.item_recency(no_user, 1, 2)
 
 
@@ -182,14 +183,14 @@ def test_position_embeddings_off_is_the_old_model_and_on_adds_two_tables():
 
 
 def test_config_validation_of_position_fields():
-  with pytest.raises(DataError, match="item_position_embeddings"):
+  with pytest.raises(ModelConfigError, match="item_position_embeddings"):
     T5Config.tiny(30, item_position_embeddings=4)   # no item width
-  with pytest.raises(DataError, match="code_position_embeddings"):
+  with pytest.raises(ModelConfigError, match="code_position_embeddings"):
     T5Config.tiny(30, code_position_embeddings=3, encoder_tokens_per_item=4)
-  with pytest.raises(DataError, match="encoder_prefix_tokens"):
+  with pytest.raises(ModelConfigError, match="encoder_prefix_tokens"):
     T5Config.tiny(30, encoder_prefix_tokens=-1)
   assert T5Config.tiny(30, item_position_embeddings=4, encoder_tokens_per_item=3).item_width == 3
-  with pytest.raises(DataError, match="encoder_prefix_tokens"):   # layout has user buckets
+  with pytest.raises(ModelConfigError, match="encoder_prefix_tokens"):   # layout has user buckets
     EncoderDecoderModel.from_config(dataclasses.replace(ON, encoder_prefix_tokens=0), LAYOUT)
 
 

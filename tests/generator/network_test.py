@@ -13,7 +13,7 @@ import pytest
 
 from jaxrec.generator.config import T5Config
 from jaxrec.generator.network import Transformer
-from jaxrec.data.errors import DataError
+from jaxrec.generator.errors import ModelConfigError
 
 VOCAB = 20
 CFG = T5Config.tiny(VOCAB, num_decoder_layers=2, dropout_rate=0.3)
@@ -162,7 +162,7 @@ def test_tied_logits_and_single_activation():
                                           ("mlp_activations", ("gelu", "nope")),
                                           ("dtype", "float64"), ("z_loss", -1.0)])
 def test_config_errors_name_the_field(field, value):
-  with pytest.raises(DataError, match=f"T5Config.{field}"):
+  with pytest.raises(ModelConfigError, match=f"T5Config.{field}"):
     T5Config.tiny(VOCAB, **{field: value})
 
 

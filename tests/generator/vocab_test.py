@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxrec.data.errors import DataError
+from jaxrec.generator.errors import ModelConfigError
 from jaxrec.generator.vocab import BOS_ID, PAD_ID, TokenLayout, make_token_batch
 
 
@@ -16,7 +17,7 @@ def test_tiger_layout():
   assert [layout.level_token_range(l) for l in range(4)] == [
       (2, 258), (258, 514), (514, 770), (770, 1026)]
   assert (layout.user_offset, layout.reserved_offset) == (1026, 3026)
-  with pytest.raises(DataError):
+  with pytest.raises(ModelConfigError):
     layout.level_token_range(4)
 
 
@@ -111,7 +112,7 @@ def test_errors_name_the_problem():
     make_token_batch(good, np.array([[0, 0, 0]]), layout)
   with pytest.raises(DataError, match="length"):
     make_token_batch({**good, "length": np.array([2])}, sids, layout)
-  with pytest.raises(DataError, match="codebook_sizes"):
+  with pytest.raises(ModelConfigError, match="codebook_sizes"):
     TokenLayout(3, (4, 4))
 
 

@@ -59,7 +59,7 @@ def test_plots_never_switch_the_callers_backend(tmp_path, monkeypatch):
   import matplotlib
   import numpy as np
   from jaxrec import sweep_reports
-  from jaxrec.training import tokenizer_job
+  from jaxrec.jobs import tokenizer_job
 
   def refuse(*args, **kwargs):
     raise AssertionError(f"matplotlib.use{args} called by a library plot")

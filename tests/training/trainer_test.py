@@ -211,7 +211,7 @@ def test_gin_errors_are_named(tmp_path):
       configs.parse(["gin_configs/runs/train_generator.gin"], macros[:1])
     configs.parse(["gin_configs/runs/train_generator.gin", "gin_configs/data/synthetic_tiny.gin"],
                   macros)
-    from jaxrec.training import generator_job  # pylint: disable=g-import-not-at-top
+    from jaxrec.jobs import generator_job  # pylint: disable=g-import-not-at-top
     with pytest.raises(DataError, match="semantic IDs not found"):
       configs.run(generator_job.train_generator)
   finally:
@@ -225,7 +225,7 @@ def test_gin_errors_are_named(tmp_path):
 def _tiny_generator_setup(tmp_path):
   from jaxrec.data.config import DatasetConfig  # pylint: disable=g-import-not-at-top
   from jaxrec.generator import T5Config  # pylint: disable=g-import-not-at-top
-  from jaxrec.training import generator_job  # pylint: disable=g-import-not-at-top
+  from jaxrec.jobs import generator_job  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   codes = rng.permutation(64)[:60]
   path = tmp_path / "semantic_ids.npy"
@@ -261,7 +261,7 @@ def test_t5_generator_step_on_one_device_equals_a_4x2_mesh_step(tmp_path):
 
 @pytest.mark.slow
 def test_t5_generator_job_trains_validates_and_evaluates(tmp_path):
-  from jaxrec.pipeline import EvalConfig  # pylint: disable=g-import-not-at-top
+  from jaxrec.evaluation import EvalConfig  # pylint: disable=g-import-not-at-top
   job, kw = _tiny_generator_setup(tmp_path)
   eval_config = EvalConfig(batch_size=16, num_bootstrap=10)
   workdir = str(tmp_path / "run")
@@ -277,7 +277,7 @@ def test_t5_generator_job_trains_validates_and_evaluates(tmp_path):
 
 
 def test_code_lookup_exact_and_prefix_fallback():
-  from jaxrec.training import generator_job  # pylint: disable=g-import-not-at-top
+  from jaxrec.jobs import generator_job  # pylint: disable=g-import-not-at-top
   ids = np.array([[0, 0], [1, 2], [1, 3], [2, 0]])  # row 0 padding; items 1..3.
   lookup = generator_job.CodeLookup(ids, fallback_item=3)
   items, exact = lookup(np.array([[1, 3], [1, 2], [1, 7], [5, 5], [2, 0]]))
@@ -296,8 +296,8 @@ def test_train_and_evaluate_tools(tmp_path):
             "--gin.MODEL_CONFIG=@t5_config.T5Config.tiny",
             "--gin.trainer.TrainerConfig.num_steps=4", "--gin.trainer.TrainerConfig.eval_every=4",
             "--gin.trainer.TrainerConfig.log_every=2", "--gin.trainer.TrainerConfig.max_history=8",
-            "--gin.batching.BatchingConfig.batch_size=16", "--gin.pipeline.EvalConfig.batch_size=16",
-            "--gin.pipeline.EvalConfig.num_bootstrap=10"]
+            "--gin.batching.BatchingConfig.batch_size=16", "--gin.evaluation.EvalConfig.batch_size=16",
+            "--gin.evaluation.EvalConfig.num_bootstrap=10"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(repo),
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   run = lambda tool, *extra: subprocess.run(  # noqa: E731
@@ -371,7 +371,7 @@ def test_per_sequence_step_on_one_device_equals_a_4x2_mesh_step(tmp_path, layout
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["item_encoder", "decoder_only"])
 def test_per_sequence_job_resumes_exactly_trains_and_evaluates(tmp_path, layout):
-  from jaxrec.pipeline import EvalConfig  # pylint: disable=g-import-not-at-top
+  from jaxrec.evaluation import EvalConfig  # pylint: disable=g-import-not-at-top
   job, kw = _tiny_generator_setup(tmp_path)
   kw["trainer_config"] = dataclasses.replace(kw["trainer_config"], num_steps=4,
                                              checkpoint_every=2, log_every=1)

@@ -10,7 +10,7 @@
 
 The fused vectors are plain [items, width] arrays: write them out and fit the existing
 RQ-VAE on them (`RqVaeConfig.input_dim = config.fused_dim`), or call the module inside a
-joint loss (`quantizers/fused_rqvae.py`, used by `training/fused_tokenizer_job.py`).
+joint loss (`quantizers/fused_rqvae.py`, used by `jobs/fused_tokenizer_job.py`).
 Choices the papers leave open are ours and are marked "Our choice".
 """
 

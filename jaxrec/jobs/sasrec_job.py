@@ -28,8 +28,8 @@ from jaxrec.collaborative.sasrec import SasRecConfig, SasRecError, SasRecModel
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.data.splits import LeaveOneOutSplit, leave_one_out
-from jaxrec.encoders import item_job
-from jaxrec.pipeline import EvalConfig, evaluate_and_save
+from jaxrec.jobs import item_job
+from jaxrec.evaluation import EvalConfig, evaluate_and_save
 from jaxrec.training import trainer as trainer_lib
 
 MODEL_NAME = "sasrec"

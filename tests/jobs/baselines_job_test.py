@@ -8,10 +8,11 @@ import sys
 import pytest
 
 from jaxrec import configs
-from jaxrec import pipeline
+from jaxrec import evaluation
+from jaxrec.jobs import baselines_job
 from jaxrec.data.config import DatasetConfig
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(configs.REPO_ROOT)
 
 
 @pytest.fixture(autouse=True)
@@ -22,9 +23,9 @@ def _clear_gin():
 
 def test_baselines_on_synthetic_cooccurrence_beats_popular_beats_random(tmp_path):
   dataset = DatasetConfig(name="synthetic", options={"num_items": 400, "num_users": 800})
-  results = pipeline.evaluate_baselines(
+  results = baselines_job.evaluate_baselines(
       str(tmp_path), dataset=dataset,
-      eval_config=pipeline.EvalConfig(num_bootstrap=200), progress=False)
+      eval_config=evaluation.EvalConfig(num_bootstrap=200), progress=False)
   ndcg = {name: r["test"]["metrics"]["overall"]["ndcg@10"]["mean"] for name, r in results.items()}
   recall = {name: r["test"]["metrics"]["overall"]["recall@10"]["mean"]
             for name, r in results.items()}
@@ -32,7 +33,7 @@ def test_baselines_on_synthetic_cooccurrence_beats_popular_beats_random(tmp_path
   assert recall["cooccurrence"] > recall["most_popular"] > recall["random"]
   # Random is near chance: recall@10 ~ 10 / 400.
   assert recall["random"] < 0.06
-  for name in pipeline.BASELINES:
+  for name in baselines_job.BASELINES:
     for which in ("valid", "test"):
       with open(tmp_path / name / f"{which}_metrics.json") as f:
         saved = json.load(f)
@@ -46,22 +47,22 @@ def test_baselines_on_synthetic_cooccurrence_beats_popular_beats_random(tmp_path
 def test_rerun_skips_finished_stage_and_config_change_reruns(tmp_path):
   dataset = DatasetConfig(name="synthetic", options={"num_items": 60, "num_users": 80,
                                                      "image_size": 16})
-  cfg = pipeline.EvalConfig(num_bootstrap=10)
-  pipeline.evaluate_baselines(str(tmp_path), dataset, cfg, baselines=("most_popular",),
+  cfg = evaluation.EvalConfig(num_bootstrap=10)
+  baselines_job.evaluate_baselines(str(tmp_path), dataset, cfg, baselines=("most_popular",),
                               progress=False)
   path = tmp_path / "most_popular" / "test_metrics.json"
   first = path.stat().st_mtime_ns
-  pipeline.evaluate_baselines(str(tmp_path), dataset, cfg, baselines=("most_popular",),
+  baselines_job.evaluate_baselines(str(tmp_path), dataset, cfg, baselines=("most_popular",),
                               progress=False)
   assert path.stat().st_mtime_ns == first
-  pipeline.evaluate_baselines(str(tmp_path), dataset, pipeline.EvalConfig(
+  baselines_job.evaluate_baselines(str(tmp_path), dataset, evaluation.EvalConfig(
       num_bootstrap=10, exclude_history=True), baselines=("most_popular",), progress=False)
   assert json.loads(path.read_text())["exclude_history"] is True
 
 
 def test_unknown_baseline_is_named(tmp_path):
   with pytest.raises(ValueError, match="unknown baseline 'svd'"):
-    pipeline.evaluate_baselines(str(tmp_path), baselines=("svd",), progress=False)
+    baselines_job.evaluate_baselines(str(tmp_path), baselines=("svd",), progress=False)
 
 
 def test_gin_run_tool_end_to_end(tmp_path):
@@ -69,7 +70,7 @@ def test_gin_run_tool_end_to_end(tmp_path):
   out = subprocess.run(
       [sys.executable, "tools/run.py", "--gin_file=gin_configs/runs/baselines.gin",
        "--gin_file=gin_configs/data/synthetic_tiny.gin", f"--workdir={tmp_path}",
-       "--gin.pipeline.EvalConfig.num_bootstrap=20", "--gin.pipeline.evaluate_baselines.progress=False"],
+       "--gin.evaluation.EvalConfig.num_bootstrap=20", "--gin.baselines_job.evaluate_baselines.progress=False"],
       cwd=REPO, capture_output=True, text=True, timeout=300,
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert out.returncode == 0, out.stderr[-2000:]
@@ -93,6 +94,6 @@ def test_results_table_shows_an_empty_cold_start_slice():
   empty = {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
   metrics = {"overall": {f"{m}@{k}": stat for m in ("recall", "ndcg") for k in (5, 10, 20)},
              "cold_start": {"recall@10": empty}}
-  table = pipeline.results_table({"pop": {"test": {"metrics": metrics}}}, "tiny",
-                                 pipeline.EvalConfig())
+  table = baselines_job.results_table({"pop": {"test": {"metrics": metrics}}}, "tiny",
+                                 evaluation.EvalConfig())
   assert "| pop | 0.2500 (0.2000-0.3000)" in table and "n/a (no users)" in table

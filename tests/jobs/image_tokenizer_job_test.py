@@ -8,7 +8,7 @@ import pytest
 
 from jaxrec import configs
 from jaxrec.data.errors import DataError
-from jaxrec.training import image_tokenizer_job
+from jaxrec.jobs import image_tokenizer_job
 
 TINY = ["gin_configs/runs/image_ids.gin", "gin_configs/data/synthetic_tiny.gin"]
 SMALL = ["dino_rq.DinoRqTrainConfig.num_steps = 6", "dino_rq.DinoRqTrainConfig.batch_size = 16",

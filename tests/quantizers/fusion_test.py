@@ -10,7 +10,7 @@ import pytest
 from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
-from jaxrec.encoders import fusion
+from jaxrec.quantizers import fusion
 from jaxrec.quantizers import rqvae
 
 TINY_MUSIC = fusion.MusicRecFusionConfig(

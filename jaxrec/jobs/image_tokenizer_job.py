@@ -33,11 +33,11 @@ from jaxrec import files
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.encoders import image_io
-from jaxrec.encoders import item_job
+from jaxrec.jobs import item_job
 from jaxrec.quantizers import agreement
 from jaxrec.quantizers import dino_rq
 from jaxrec.quantizers import semantic_ids
-from jaxrec.training import tokenizer_job
+from jaxrec.jobs import tokenizer_job
 
 
 @dataclasses.dataclass(frozen=True)

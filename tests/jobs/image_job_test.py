@@ -8,7 +8,7 @@ import pytest
 
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
-from jaxrec.encoders import image_job
+from jaxrec.jobs import image_job
 
 TINY = DatasetConfig(name="synthetic", options={"num_items": 12, "num_users": 40,
                                                 "image_size": 16})

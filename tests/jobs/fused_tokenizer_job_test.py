@@ -13,12 +13,12 @@ from flax import linen as nn
 
 from jaxrec import configs
 from jaxrec.data.errors import DataError
-from jaxrec.encoders import fusion
 from jaxrec.quantizers import fused_rqvae
+from jaxrec.quantizers import fusion
 from jaxrec.quantizers import rqvae
 from jaxrec.quantizers import training as qtraining
-from jaxrec.training import fused_tokenizer_job as fj
-from jaxrec.training import tokenizer_job
+from jaxrec.jobs import fused_tokenizer_job as fj
+from jaxrec.jobs import tokenizer_job
 
 N, CLUSTERS = 48, 6
 MISSING_IMAGE = np.arange(0, N, 7)                        # items without an image

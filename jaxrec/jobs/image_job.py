@@ -25,7 +25,7 @@ from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.encoders import image
 from jaxrec.encoders import image_io
-from jaxrec.encoders import item_job
+from jaxrec.jobs import item_job
 
 # Host image size the items are loaded at, per encoder (the encoder resizes again to its
 # own resolution; loading at that size makes the second resize a no-op).

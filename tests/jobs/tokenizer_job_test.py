@@ -10,7 +10,7 @@ from jaxrec.data.errors import DataError
 from jaxrec.quantizers import rqvae
 from jaxrec.quantizers import training as qtraining
 from jaxrec.training import checkpoints
-from jaxrec.training import tokenizer_job
+from jaxrec.jobs import tokenizer_job
 
 SMALL = rqvae.RqVaeConfig(hidden_dims=(32,), latent_dim=8, num_levels=2, codebook_size=8)
 STEPS = qtraining.TokenizerTrainConfig(num_steps=12, batch_size=64, kmeans_iters=5,

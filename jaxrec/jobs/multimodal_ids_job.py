@@ -29,8 +29,8 @@ from jaxrec.quantizers import modalities as modalities_lib
 from jaxrec.quantizers import rqvae
 from jaxrec.quantizers import semantic_ids
 from jaxrec.quantizers import training as qtraining
-from jaxrec.training import image_tokenizer_job
-from jaxrec.training import tokenizer_job
+from jaxrec.jobs import image_tokenizer_job
+from jaxrec.jobs import tokenizer_job
 
 ORDER = ("text", "image", "collab")
 

@@ -15,9 +15,9 @@ from jaxrec.data import batching
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.generator import T5Config
-from jaxrec.pipeline import EvalConfig
+from jaxrec.evaluation import EvalConfig
 from jaxrec.quantizers import modalities
-from jaxrec.training import generator_job as job
+from jaxrec.jobs import generator_job as job
 from jaxrec.training import optimizers
 from jaxrec.training import partitioning
 from jaxrec.training import trainer as trainer_lib

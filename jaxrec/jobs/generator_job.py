@@ -21,13 +21,13 @@ from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.data.splits import leave_one_out
 from jaxrec.data import windows as windows_lib
-from jaxrec.decoding import DecodingConfig, build_trie, trie_stats
+from jaxrec.decoding import DecodingConfig, beam_search, build_trie, trie_stats
 from jaxrec.generator import EncoderDecoderModel, T5Config, TokenLayout, make_token_batch
 from jaxrec.generator.decoder_only_model import DecoderOnlyModel
 from jaxrec.generator.sequence_batch import (decoder_only_columns, make_decoder_only_batch,
                                              make_sequence_token_batch, pack_target_rows)
 from jaxrec.generator.sequence_model import ItemEncoderDecoderModel
-from jaxrec.pipeline import EvalConfig, evaluate_and_save
+from jaxrec.evaluation import EvalConfig, evaluate_and_save
 from jaxrec.quantizers import modalities as modalities_lib
 from jaxrec.training import trainer as trainer_lib
 
@@ -329,7 +329,8 @@ def setup(semantic_ids_path: str, dataset: DatasetConfig, trainer_config: traine
                       f"one item each ({e})", path=f"{entry}.target_modality",
                       fix="target a segment that ends in its own collision level.") from e
   model = TRAINING_LAYOUTS[training_layout].from_config(
-      t5, target, trie, constrained_loss, decoding, rate, token_modalities)
+      t5, target, trie, constrained_loss, decoding, rate, token_modalities,
+      decode_fn=beam_search.beam_search)
   parts = [dataclasses.asdict(dataset), t5.fingerprint_dict(), str(layout),
            hashlib.sha256(ids.tobytes()).hexdigest()]
   if constrained_loss:

@@ -3,7 +3,9 @@ from the host at every step for every beam (HuggingFace `prefix_allowed_tokens_f
 `PrefixConstrainedLogitsProcessor`), around jitted model parts.
 
 `tools/benchmark_decode.py` times it against `beam_search.beam_search` (the trie on the
-device, one program); tests check both return the same items. Not for production use.
+device, one program); tests check both return the same items. Not for production use; it
+lives in tools/, not in `jaxrec.decoding`, because it drives a `jaxrec.generator` model from
+the host and the library's `decoding/` imports nothing from `generator/`.
 """
 
 from __future__ import annotations

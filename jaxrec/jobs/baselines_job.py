@@ -1,4 +1,5 @@
-"""Run entry points that gin binds: the baselines job (data -> split -> fit -> full-ranking evaluation).
+"""The baselines job (data -> split -> fit -> full-ranking evaluation): random, most-popular,
+co-occurrence.
 
 Each stage writes its artifact under the workdir and is skipped when the
 artifact for the same configuration already exists (its fingerprint matches).
@@ -11,9 +12,10 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 from jaxrec import evaluation
+from jaxrec.evaluation import EvalConfig
 from jaxrec import files
 from jaxrec.collaborative import heuristics
 from jaxrec.data.config import DatasetConfig
@@ -23,83 +25,11 @@ from jaxrec.data.splits import leave_one_out
 BASELINES = ("random", "most_popular", "cooccurrence")
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-  """How models are evaluated (full ranking, leave-one-out).
-
-  Attributes:
-    splits: which held-out parts to evaluate ("valid", "test").
-    ks: metric cutoffs.
-    batch_size: users per recommender call.
-    max_history: history items shown to the recommender (None = all).
-    exclude_history: drop already-seen items from the ranking (off, as the
-      papers report; the metrics JSON records the choice).
-    cold_start_threshold: targets with at most this many training interactions
-      form the cold-start slice.
-    num_bootstrap: resamples for the 95% confidence intervals.
-  """
-  splits: Sequence[str] = ("valid", "test")
-  ks: Sequence[int] = (1, 5, 10, 20)
-  batch_size: int = 256
-  max_history: Optional[int] = None
-  exclude_history: bool = False
-  cold_start_threshold: int = 5
-  num_bootstrap: int = 1000
-
-
 def fingerprint(*configs) -> str:
   """A short stable hash of dataclass configs (which artifacts they produce)."""
   blob = json.dumps([dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c
                      for c in configs], sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def evaluate_and_save(recommend: evaluation.Recommender, split, which: str,
-                      eval_config: EvalConfig, workdir: str, max_history: Optional[int],
-                      extra: Union[Mapping[str, Any], Callable[[], Mapping[str, Any]]] = (),
-                      progress: bool = True) -> dict:
-  """Evaluates a trained model on one split and writes `<workdir>/eval/<split>_metrics.json`.
-
-  Runs `evaluation.evaluate` with eval_config's cutoffs, batch size, exclude_history,
-  cold-start threshold and bootstrap, keeps the JSON part of the result, adds
-  "eval_seconds" and "users_per_second" and then the model's `extra` fields, writes
-  the file on process 0 and (with progress) prints the overall recall/ndcg values.
-
-  Args:
-    recommend: the model's recommender (see `evaluation.evaluate`).
-    split: the leave-one-out split.
-    which: "valid" or "test".
-    eval_config: how to evaluate (its `splits` are not used here).
-    workdir: the run folder.
-    max_history: history items shown to the recommender (None = all); the caller
-      resolves eval_config.max_history against its model's own limit.
-    extra: fields added to the result (model, fingerprint, checkpoint, ...), or a
-      function returning them, called after the evaluation (e.g. to read statistics
-      the recommender gathered).
-    progress: progress bar and the printed line.
-
-  Returns:
-    The JSON part of the result with the added fields (what the file holds).
-  """
-  # JAX only here: the baselines job does not need it.
-  import jax  # pylint: disable=g-import-not-at-top
-  started = time.perf_counter()
-  result = evaluation.evaluate(
-      recommend, split, which, ks=eval_config.ks, batch_size=eval_config.batch_size,
-      max_history=max_history, exclude_history=eval_config.exclude_history,
-      cold_start_threshold=eval_config.cold_start_threshold,
-      num_bootstrap=eval_config.num_bootstrap, progress=progress)
-  seconds = time.perf_counter() - started
-  result = {k: v for k, v in result.items() if k not in evaluation.ARRAY_KEYS}
-  result.update(eval_seconds=seconds, users_per_second=result["num_examples"] / seconds)
-  result.update(extra() if callable(extra) else extra)
-  if jax.process_index() == 0:
-    evaluation.write_json(result, os.path.join(workdir, "eval", f"{which}_metrics.json"))
-  if progress:
-    m = result["metrics"]["overall"]
-    print(f"{which}: " + ", ".join(f"{k}={m[k]['mean']:.4f}" for k in sorted(m)
-                                   if k.startswith(("recall@", "ndcg@"))))
-  return result
 
 
 def _make_baseline(name: str, split, seed: int):

@@ -38,8 +38,8 @@ from jaxrec import files
 from jaxrec.collaborative import lightgcn
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.splits import leave_one_out
-from jaxrec.encoders import item_job
-from jaxrec.pipeline import EvalConfig, evaluate_and_save
+from jaxrec.jobs import item_job
+from jaxrec.evaluation import EvalConfig, evaluate_and_save
 from jaxrec.training import checkpoints
 from jaxrec.training import optimizers
 from jaxrec.training import partitioning

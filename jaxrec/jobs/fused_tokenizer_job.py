@@ -52,13 +52,13 @@ import numpy as np
 
 from jaxrec import files
 from jaxrec.data.errors import DataError
-from jaxrec.encoders import fusion
 from jaxrec.quantizers import fused_rqvae
+from jaxrec.quantizers import fusion
 from jaxrec.quantizers import rqvae
 from jaxrec.quantizers import semantic_ids
 from jaxrec.quantizers import training as qtraining
 from jaxrec.quantizers import vq
-from jaxrec.training import tokenizer_job
+from jaxrec.jobs import tokenizer_job
 
 METHODS = fused_rqvae.METHODS
 CONTENT_MODALITIES = ("text", "image")

@@ -1,0 +1,123 @@
+"""What a system run reports: `results.md` (the test metrics with 95% CIs beside most-popular
+and co-occurrence on the same users, and the stage times) and the summary fields."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+from jaxrec import files
+from jaxrec.data.config import DatasetConfig
+from jaxrec.evaluation import EvalConfig
+from jaxrec.jobs import baselines_job
+from jaxrec.pipeline.stage import StageResult, canonical, duration
+
+TABLE_METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+RESULTS = "results.md"
+
+
+def report(workdir: str, dataset: DatasetConfig, results: Sequence[StageResult],
+           progress: bool = True, model_stage: str = "generator",
+           extra: Optional[dict] = None) -> dict:
+  """The summary fields of a system run (metrics, baselines, curve, `extra`); writes
+  `<workdir>/results.md`. `model_stage` names the trained model's stage and table row."""
+  train_summary = files.read_json(results_path(results, model_stage,
+                                               "train_summary.json")) or {}
+  summary = {"dataset": dataset.name, "dataset_config": canonical(dataset),
+             "trained_steps": train_summary.get("step"),
+             "model": model_stage, "metrics": _metrics(results[-1]), **(extra or {})}
+  summary["baselines"] = reference_baselines(workdir, dataset)
+  curve = os.path.join(workdir, model_stage, "valid_curve.png")
+  if os.path.isfile(curve):
+    summary["valid_curve"] = curve
+  table = results_markdown({**summary, "workdir": os.path.abspath(workdir),
+                            "stages": {r.name: vars(r) for r in results},
+                            "seconds": sum(r.seconds for r in results)})
+  files.write_text(os.path.join(workdir, RESULTS), table)
+  if progress:
+    print(table, flush=True)
+  return summary
+
+
+def results_path(results: Sequence[StageResult], stage: str, artifact: str) -> str:
+  """The path of a stage's artifact, or "" when the stage did not run."""
+  for r in results:
+    if r.name == stage:
+      return r.artifacts.get(artifact, "")
+  return ""
+
+
+REFERENCE_BASELINES = ("most_popular", "cooccurrence")
+
+
+def reference_baselines(workdir: str, dataset: DatasetConfig) -> dict:
+  """{baseline: test metrics JSON} of most-popular and co-occurrence on the same test users
+  (`baselines_job.evaluate_baselines` into <workdir>/baselines, cached there; seconds)."""
+  results = baselines_job.evaluate_baselines(
+      os.path.join(workdir, "baselines"), dataset, EvalConfig(splits=("test",)),
+      baselines=REFERENCE_BASELINES, progress=False)
+  return {name: {"overall": r["test"]["metrics"]["overall"]} for name, r in results.items()}
+
+
+def _metrics(evaluation: StageResult) -> dict:
+  """{split: the table's metrics and the evaluation's settings} from its *_metrics.json files."""
+  metrics = {}
+  suffix = "_metrics.json"
+  for name, path in sorted(evaluation.artifacts.items()):
+    result = files.read_json(path) if name.endswith(suffix) else None
+    if result:
+      overall = (result.get("metrics") or {}).get("overall", {})
+      metrics[name[:-len(suffix)]] = {
+          "overall": {k: v for k, v in overall.items() if k in TABLE_METRICS},
+          **{k: result.get(k) for k in ("num_examples", "checkpoint_step", "decoding",
+                                        "exclude_history", "dataset")}}
+  return metrics
+
+
+def results_markdown(summary: dict, which: str = "test") -> str:
+  """`<workdir>/results.md`: the split's R@5/N@5/R@10/N@10 with 95% CIs and stage times."""
+  lines = [f"# {summary.get('system') or 'Generative retrieval pipeline'}: "
+           f"{summary['dataset']}", ""]
+  if summary.get("modalities"):
+    absent = summary.get("absent_modalities") or {}
+    lines += [f"Modalities: {', '.join(summary['modalities'])}" + "".join(
+        f"; {name} absent ({why})" for name, why in sorted(absent.items())) + ".", ""]
+  m = summary["metrics"].get(which)
+  if m:
+    lines += [f"{which} split, full ranking, {m.get('num_examples')} users, checkpoint step "
+              f"{m.get('checkpoint_step')}, decoding: {_decoding(m.get('decoding'))}; mean "
+              "(95% bootstrap CI)", "",
+              "| model | " + " | ".join(TABLE_METRICS) + " |",
+              "|---" * (len(TABLE_METRICS) + 1) + "|",
+              f"| {summary.get('model') or 'generator'} | " + " | ".join(_cell(m["overall"].get(k)) for k in TABLE_METRICS)
+              + " |"]
+    for name, b in sorted((summary.get("baselines") or {}).items()):
+      lines.append(f"| {name} | " + " | ".join(_cell(b["overall"].get(k))
+                                               for k in TABLE_METRICS) + " |")
+    lines.append("")
+    if summary.get("valid_curve"):
+      lines += [f"Validation curve: {summary['valid_curve']}", ""]
+  else:
+    lines += [f"(no {which} metrics: add {which!r} to EvalConfig.splits)", ""]
+  lines += ["| stage | this run | wall time (this run) | wall time (when built) |",
+            "|---|---|---|---|"]
+  for s in summary["stages"].values():
+    lines.append(f"| {s['name']} | {s['status']} | {duration(s['seconds'])} | "
+                 f"{duration(s['build_seconds'])} |")
+  lines += ["", f"Total this run: {duration(summary['seconds'])}. Artifacts: "
+            f"{summary['workdir']} (pipeline_summary.json lists them)."]
+  return "\n".join(lines) + "\n"
+
+
+def _decoding(value: Any) -> str:
+  """The metrics JSON's "decoding" entry (a string or a dict with "method") in a few words."""
+  if isinstance(value, dict):
+    rest = ", ".join(f"{k} {v}" for k, v in sorted(value.items()) if k != "method")
+    return f"{value.get('method', 'decoding')} ({rest})" if rest else str(value.get("method"))
+  return str(value)
+
+
+def _cell(s: Optional[dict]) -> str:
+  if not s:
+    return "-"
+  return f"{s['mean']:.4f} ({s['ci_low']:.4f}-{s['ci_high']:.4f})"

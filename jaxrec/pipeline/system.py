@@ -1,0 +1,282 @@
+"""The system job (a gin job): the stages every generative configuration shares, each switched
+on by the modalities the configuration uses, run by `stage.run_pipeline`.
+
+  text       -> embeddings/item_embeddings.npy          [num_items, d]   jobs.item_job
+  image      -> image_features/image_features.npy       [num_items, d']  jobs.image_job
+  collab     -> collaborative/item_embeddings.npy       [num_items, d''] SASRec or LightGCN job
+  features   -> semantic_ids/semantic_ids.npy (+ modalities.json)        the configured IDs job
+  IDs        -> generator/ (checkpoints, train_summary.json)             jobs.generator_job
+  generator  -> generator/eval/<split>_metrics.json, results.md, pipeline_summary.json
+
+TIGER, LETTER, CEMG, MusicRec and MSCGRec are this job with different modalities and IDs
+jobs (gin_configs/papers/*.gin). Each stage is skipped when its folder holds the result for
+the same inputs and configuration (docs/pipeline.md); with `feature_cache`, the feature and
+ID stages live in `<feature_cache>/<stage>-<fingerprint>` and are shared by every run that
+needs the same ones (an ablation sweep trains SASRec once), built under a lock, so parallel
+sweeps (`--max_parallel=2`) may share one cache.
+
+Missing modalities: a dataset without images (Beauty, Sports, Yelp: `HAS_IMAGES = False` in
+their data gin files) drops "image" from the modalities; the summary and results.md say so
+(`absent_modalities`). Nothing is faked: a configuration left without any modality fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Mapping, Optional, Sequence
+
+from jaxrec import configs
+from jaxrec.data.config import DatasetConfig
+from jaxrec.data.errors import DataError
+from jaxrec.encoders import text
+from jaxrec.jobs import generator_job
+from jaxrec.jobs import image_job
+from jaxrec.jobs import item_job
+from jaxrec.jobs import lightgcn_job
+from jaxrec.jobs import tokenizer_job
+from jaxrec.pipeline import report as report_lib
+from jaxrec.pipeline.stage import Stage, StageResult, canonical, run_pipeline
+from jaxrec.training import trainer as trainer_lib
+
+MODALITIES = ("text", "image", "collab")
+COLLAB_FILE = "item_embeddings.npy"
+# Arguments the pipeline passes that name places or verbosity, not results.
+_NOT_CONFIG = frozenset({"workdir", "embeddings_path", "semantic_ids_path", "progress",
+                         "operative_config", "output_path", "features"})
+# Train-config fields a run may change and resume (not part of a stage's identity).
+RESUMABLE_FIELDS = {"TrainerConfig": trainer_lib.RESUMABLE_FIELDS + ("mesh",),
+                    "LightGcnTrainConfig": lightgcn_job.RESUMABLE_FIELDS}
+
+
+def job_config(job: Callable, passed: Mapping, drop: Optional[Mapping] = None) -> dict:
+  """What determines a job's result: gin's bindings of `job` overridden by `passed`, minus
+  paths and verbosity (hashed by `stage.canonical`)."""
+  arguments = {**configs.bound_arguments(job), **passed}
+  return canonical({k: v for k, v in arguments.items() if k not in _NOT_CONFIG}, drop)
+
+
+def resumable_settings(job: Callable, passed: Mapping) -> dict:
+  """The train-config fields of a training job that may change on resume (steps, ...):
+  {argument: {field: value}} for each argument whose class is in RESUMABLE_FIELDS."""
+  out = {}
+  for name, value in sorted({**configs.bound_arguments(job), **passed}.items()):
+    fields = RESUMABLE_FIELDS.get(type(value).__name__)
+    if fields and dataclasses.is_dataclass(value):
+      out[name] = {k: getattr(value, k) for k in fields if k != "mesh"}
+  return out
+
+
+def effective_modalities(modalities: Sequence[str], has_images: bool) -> tuple:
+  """(used modalities in MODALITIES order, {absent modality: why})."""
+  unknown = [m for m in modalities if m not in MODALITIES]
+  if unknown or not modalities:
+    raise DataError(f"unknown or no modalities {list(modalities)}",
+                    path="system_pipeline.run_system.modalities",
+                    fix=f"use a non-empty subset of {MODALITIES}.")
+  absent = {}
+  if "image" in modalities and not has_images:
+    absent["image"] = "the dataset has no item images (HAS_IMAGES = False in its data gin file)"
+  used = tuple(m for m in MODALITIES if m in modalities and m not in absent)
+  if not used:
+    raise DataError(f"no modality of {list(modalities)} is available for this dataset "
+                    f"({absent})", path="system_pipeline.run_system.modalities",
+                    fix="this configuration needs item images: run it on a dataset with "
+                        "images (synthetic, ml100k, hm).")
+  return used, absent
+
+
+def feature_stages(dataset: DatasetConfig, used: Sequence[str], text_encoder: str,
+                   encoder_model_dir: Optional[str], encoder_batch_size: int,
+                   encoder_max_length: int, image_features: bool, image_encoder: str,
+                   collaborative: Optional[Callable[..., dict]],
+                   progress: bool) -> list:
+  """The text / image / collaborative feature stages the used modalities need (shared)."""
+  stages = []
+  if "text" in used:
+    def encode(folder, inputs):
+      del inputs
+      path = os.path.join(folder, "item_embeddings.npy")
+      item_job.encode_items(path, dataset, encoder=text_encoder, model_dir=encoder_model_dir,
+                            batch_size=encoder_batch_size, max_length=encoder_max_length,
+                            progress=progress)
+      return [path, item_job.sidecar_path(path)]
+    stages.append(Stage("embeddings", encode, {
+        "dataset": dataset, "encoder": text_encoder, "model_dir": encoder_model_dir,
+        "max_length": encoder_max_length}, keep_old=False, shared=True))
+
+  if "image" in used and image_features:
+    def encode_images(folder, inputs):
+      del inputs
+      path = os.path.join(folder, "image_features.npy")
+      image_job.encode_images(path, dataset, encoder=image_encoder, progress=progress)
+      return [path, item_job.sidecar_path(path)]
+    stages.append(Stage("image_features", encode_images, {
+        "dataset": dataset, "encoder": image_encoder,
+        "size": image_job.LOAD_SIZES.get(image_encoder) or 64}, keep_old=False, shared=True))
+
+  if "collab" in used:
+    passed = {"dataset": dataset}
+
+    def train_collaborative(folder, inputs):
+      del inputs
+      collaborative(workdir=folder, progress=progress, **passed)
+      path = os.path.join(folder, COLLAB_FILE)
+      if not os.path.isfile(path):
+        raise DataError("the collaborative job wrote no item embeddings", path=path,
+                        fix="bind a job that exports <workdir>/item_embeddings.npy "
+                            "(run_sasrec / run_lightgcn with export=True).")
+      return [path, item_job.sidecar_path(path)]
+    # Steps and validation cadence are not part of the identity: raising COLLAB_STEPS
+    # resumes the trained model (the job's checkpoints) in the same folder.
+    stages.append(Stage("collaborative", train_collaborative,
+                        {"collaborative": job_config(collaborative, passed, RESUMABLE_FIELDS)},
+                        resumable=resumable_settings(collaborative, passed), shared=True))
+  return stages
+
+
+FEATURE_OF = {"embeddings": "text", "image_features": "image", "collaborative": "collab"}
+
+
+def model_stages(dataset: DatasetConfig, train_job: Callable[..., dict],
+                 eval_job: Callable[..., dict], progress: bool,
+                 name: str = "generator", with_ids: bool = True) -> list:
+  """The model stage (<workdir>/<name>: "generator", or e.g. "sasrec") and the "evaluation"
+  stage (<name>/eval) over the "semantic_ids" stage's IDs (and their modality sidecar, when
+  there is one) when `with_ids`, else over the dataset alone (SASRec, LightGCN)."""
+  passed = {"dataset": dataset}
+  needs = ("semantic_ids",) if with_ids else ()
+
+  def ids(inputs) -> dict:
+    return ({"semantic_ids_path": inputs["semantic_ids"].path(tokenizer_job.IDS_FILE)}
+            if with_ids else {})
+
+  def train(folder, inputs):
+    train_job(workdir=folder, progress=progress, **ids(inputs), **passed)
+    return [os.path.join(folder, "train_summary.json")]
+
+  def evaluate(folder, inputs):
+    results = eval_job(workdir=inputs[name].folder, progress=progress, **ids(inputs),
+                       **passed)
+    paths = [os.path.join(folder, f"{which}_metrics.json") for which in results]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+      raise DataError("the evaluation job did not write its metrics", path=missing[0],
+                      fix="check eval_job: it must write <workdir>/eval/<split>_metrics.json.")
+    return paths
+
+  return [Stage(name, train, job_config(train_job, passed, RESUMABLE_FIELDS), needs=needs,
+                resumable=resumable_settings(train_job, passed)),
+          Stage("evaluation", evaluate, job_config(eval_job, passed),
+                needs=needs + (name,), keep_old=False, folder=os.path.join(name, "eval"))]
+
+
+def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
+               modalities: Sequence[str] = ("text",), has_images: bool = True,
+               system: str = "generative retrieval",
+               text_encoder: str = "minilm", encoder_model_dir: Optional[str] = None,
+               encoder_batch_size: int = 128,
+               encoder_max_length: int = text.DEFAULT_MAX_LENGTH,
+               image_features: bool = False, image_encoder: str = "efficientnet_lite0",
+               collaborative: Optional[Callable[..., dict]] = None,
+               semantic_ids_job: Optional[Callable[..., dict]] = None,
+               train_job: Callable[..., dict] = generator_job.train_generator,
+               eval_job: Callable[..., dict] = generator_job.evaluate_generator,
+               model_stage: str = "generator", feature_cache: Optional[str] = None,
+               progress: bool = True) -> dict:
+  """Features -> semantic IDs -> generator -> test metrics, in `workdir`; or, with no
+  modalities and no IDs job, a collaborative model (SASRec, LightGCN) -> test metrics.
+
+  Args:
+    workdir: the pipeline folder (layout in the module docstring).
+    dataset: the catalog; the same config goes to every stage.
+    modalities: which of "text", "image", "collab" the system uses; () for a model
+      trained on the interactions alone (then `semantic_ids_job` is None).
+    has_images: whether the dataset has item images (the data gin file's HAS_IMAGES);
+      False drops "image" from `modalities` and records why.
+    system: the configuration's name, for results.md and the summary.
+    text_encoder: "minilm" or "mpnet" (`encoders.text.ENCODERS`).
+    encoder_model_dir: a sentence-transformers folder to load the text encoder from.
+    encoder_batch_size: texts per encoder forward pass.
+    encoder_max_length: token limit per item text.
+    image_features: extract pretrained image features (CEMG, MusicRec); False when
+      the IDs job reads the images itself (MSCGRec's DINO-RQ).
+    image_encoder: `encoders.image.IMAGE_ENCODERS` name for the image features.
+    collaborative: `collaborative(workdir=, dataset=, progress=)` training a
+      collaborative model that leaves `<workdir>/item_embeddings.npy` (the
+      configurable `sasrec_job.run_sasrec` or `lightgcn_job.run_lightgcn`); needed
+      when "collab" is used.
+    semantic_ids_job: `semantic_ids_job(workdir=, features=, dataset=, modalities=,
+      progress=)` writing `<workdir>/semantic_ids.npy` (and `modalities.json` when the
+      table has one segment per modality); `features` maps each used modality with a
+      feature file to it (TIGER: `tokenizer_job.build_semantic_ids_from_features`).
+    train_job: `train_job(workdir=, semantic_ids_path=, dataset=, progress=)`, e.g. the
+      configurable `generator_job.train_generator` (model, trainer and any other
+      arguments come from its gin bindings).
+    eval_job: `eval_job(workdir=, semantic_ids_path=, dataset=, progress=)` ->
+      {split: metrics}; writes `<workdir>/eval/<split>_metrics.json` (without
+      `semantic_ids_path` when there are no IDs: e.g. `sasrec_job.evaluate_sasrec`).
+    model_stage: the model stage's name and folder ("generator"; "sasrec", "lightgcn").
+    feature_cache: a folder to share the feature and ID stages between runs.
+    progress: progress bars and one status line per stage.
+
+  Returns:
+    The pipeline summary (also `<workdir>/pipeline_summary.json`): per stage its status,
+    wall time, fingerprint and artifacts, plus the test metrics.
+
+  Raises:
+    DataError: bad modalities, a missing job for a used modality, bad input files.
+  """
+  if not modalities and semantic_ids_job is None:  # SASRec, LightGCN: no features, no IDs.
+    stages = model_stages(dataset, train_job, eval_job, progress, model_stage, with_ids=False)
+    used, absent = (), {}
+  else:
+    used, absent = effective_modalities(modalities, has_images)
+    stages = _generative_stages(dataset, used, text_encoder, encoder_model_dir,
+                                encoder_batch_size, encoder_max_length, image_features,
+                                image_encoder, collaborative, semantic_ids_job, progress)
+    stages += model_stages(dataset, train_job, eval_job, progress, model_stage)
+
+  def report(results: Sequence[StageResult]) -> dict:
+    features = {FEATURE_OF[r.name]: r.artifacts[_feature_file(r.name)]
+                for r in results if r.name in FEATURE_OF}
+    return report_lib.report(workdir, dataset, results, progress, model_stage, extra={
+        "system": system, "modalities": list(used), "absent_modalities": absent,
+        "features": features, "training_seconds": {r.name: r.build_seconds for r in results}})
+  return run_pipeline(workdir, stages, feature_cache, progress, report)
+
+
+def _feature_file(stage_name: str) -> str:
+  return {"embeddings": "item_embeddings.npy", "image_features": "image_features.npy",
+          "collaborative": COLLAB_FILE}[stage_name]
+
+
+def _generative_stages(dataset, used, text_encoder, encoder_model_dir, encoder_batch_size,
+                       encoder_max_length, image_features, image_encoder, collaborative,
+                       semantic_ids_job, progress) -> list:
+  """The feature stages and the (shared) "semantic_ids" stage over them."""
+  if semantic_ids_job is None:
+    raise DataError("no semantic-ID job is bound", path="system_pipeline.run_system."
+                    "semantic_ids_job", fix="bind it, e.g. @tokenizer_job."
+                    "build_semantic_ids_from_features (see gin_configs/papers/).")
+  if "collab" in used and collaborative is None:
+    raise DataError("the collab modality needs a collaborative model",
+                    path="system_pipeline.run_system.collaborative",
+                    fix="bind @sasrec_job.run_sasrec or @lightgcn_job.run_lightgcn "
+                        "(gin_configs/collaborative/*.gin), or drop 'collab'.")
+  stages = feature_stages(dataset, used, text_encoder, encoder_model_dir, encoder_batch_size,
+                          encoder_max_length, image_features, image_encoder, collaborative,
+                          progress)
+  ids_passed = {"dataset": dataset, "modalities": used}
+
+  def build_ids(folder, inputs: Mapping[str, StageResult]):
+    features = {FEATURE_OF[name]: r.path(_feature_file(name)) for name, r in inputs.items()}
+    semantic_ids_job(workdir=folder, features=features, progress=progress, **ids_passed)
+    out = list(tokenizer_job.artifact_paths(folder))
+    sidecar = os.path.join(folder, "modalities.json")
+    return out + ([sidecar] if os.path.isfile(sidecar) else [])
+  # Cached too: ablations that change only the generator share their system's IDs.
+  stages.append(Stage("semantic_ids", build_ids, job_config(semantic_ids_job, ids_passed),
+                      needs=tuple(s.name for s in stages), shared=True))
+  return stages
+
