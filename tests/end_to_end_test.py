@@ -111,7 +111,9 @@ def test_stage_config_counts_gin_only_arguments_but_not_resumable_fields():
                                              drop=system_pipeline.RESUMABLE_FIELDS)
   evaluate = lambda: system_pipeline.job_config(job["eval_job"], {})  # noqa: E731
   before_train, before_eval = train(), evaluate()
-  assert before_train["model_config"]["bindings"]["dropout_rate"] == 0.0  # T5Config.tiny's.
+  # T5Config.tiny's dropout, in the GeneratorConfig both jobs receive.
+  assert before_train["generator"]["model_config"]["bindings"]["dropout_rate"] == 0.0
+  assert before_eval["generator"] == before_train["generator"]
   configs.parse(FILES, TINY + ["WORKDIR = '/tmp/w'", "NUM_STEPS = 50"])
   assert train() == before_train  # Training longer resumes the run.
   configs.parse(FILES, TINY + ["WORKDIR = '/tmp/w'",

@@ -46,7 +46,7 @@ class DecoderOnlyModel(EncoderDecoderModel):
     if self.config.position_embeddings:
       raise ModelConfigError("the decoder-only layout uses relative positions; MSCGRec's "
                              "dual position embeddings do not apply.",
-                             fix="bind generator_job.train_generator.position_embeddings = "
+                             fix="bind generator_job.GeneratorConfig.position_embeddings = "
                                  "False (POSITION_EMBEDDINGS) with training_layout = "
                                  "'decoder_only'.")
     if self.modality_mask_rate > 0.0:

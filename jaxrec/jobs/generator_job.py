@@ -266,14 +266,52 @@ def resolve_modalities(segments: Sequence[modalities_lib.Segment],
   return target, encoder, token_modalities, tuple(x.name for x in chosen)
 
 
+ENTRY = "generator_job.GeneratorConfig"
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorConfig:
+  """What the generator is, bound once and passed to training and evaluation alike (t5x binds
+  `MODEL = @models.EncoderDecoderModel()` the same way): gin_configs/models/tiger_t5.gin binds
+  `GENERATOR = @generator_job.GeneratorConfig()` and gives %GENERATOR to both jobs.
+
+  Attributes:
+    model_config: `model_config(vocab_size) -> T5Config` (e.g. T5Config.tiger).
+    training_layout: "per_example" (one example per prefix, TIGER's encoder-decoder)
+      or "item_encoder" (per sequence: a causal item encoder over each training window
+      and a code decoder at every position, every item a target in one pass) or
+      "decoder_only" (per sequence: a causal decoder over the window's code tokens,
+      the loss at every target item's codes); see docs/generator.md.
+    decoding: the recommender's trie beam search (None: greedy top-1).
+    constrained_loss: MSCGRec's constrained sequence learning (softmax over the codes
+      the trie allows after the target's prefix).
+    target_modality: the modality segment (`modalities.json` beside the semantic IDs)
+      the decoder generates, e.g. "collab" (MSCGRec); None = all columns. The trie and
+      the recommenders use its columns, which must name one item each.
+    encoder_modalities: the segments each history item shows the encoder (in column
+      order); None = all.
+    modality_mask_rate: MSCGRec's modality masking: per training example, the
+      probability that one uniformly drawn encoder modality is hidden (PAD); needs two
+      or more encoder modalities (else nothing is masked). Never at evaluation.
+    position_embeddings: MSCGRec's dual position embeddings in the encoder: the item's
+      recency or slot (trainer_config.max_history positions) and the token's position
+      inside the item (sets the `T5Config` position fields).
+    num_user_buckets: hashed user tokens (TIGER 2000); 0 by default because
+      `evaluation.evaluate` passes histories only (see make_recommender_factory).
+  """
+  model_config: Callable[..., T5Config] = T5Config.tiger
+  training_layout: str = "per_example"
+  decoding: Optional[DecodingConfig] = DecodingConfig()
+  constrained_loss: bool = False
+  target_modality: Optional[str] = None
+  encoder_modalities: Optional[Sequence[str]] = None
+  modality_mask_rate: float = 0.0
+  position_embeddings: bool = False
+  num_user_buckets: int = 0
+
+
 def setup(semantic_ids_path: str, dataset: DatasetConfig, trainer_config: trainer_lib.TrainerConfig,
-          model_config: Callable[..., T5Config], num_user_buckets: int = 0,
-          decoding: Optional[DecodingConfig] = DecodingConfig(),
-          constrained_loss: bool = False, target_modality: Optional[str] = None,
-          encoder_modalities: Optional[Sequence[str]] = None,
-          modality_mask_rate: float = 0.0, position_embeddings: bool = False,
-          entry: str = "generator_job.setup",
-          training_layout: str = "per_example") -> GeneratorSetup:
+          generator: GeneratorConfig = GeneratorConfig(), entry: str = ENTRY) -> GeneratorSetup:
   """Loads data and IDs and builds the layout, trie, model, batch conversion and recommender.
 
   The fingerprint (which checkpoints belong to this setup) covers the dataset, the
@@ -281,8 +319,13 @@ def setup(semantic_ids_path: str, dataset: DatasetConfig, trainer_config: traine
   they are not the defaults (so the defaults keep older runs' fingerprints); not the
   decoding, which only changes evaluation.
 
-  Args: as `train_generator`; entry names the gin entry point in error messages.
+  Args: as `train_generator`; entry names the gin binding in error messages.
   """
+  g = generator
+  (model_config, num_user_buckets, decoding, constrained_loss, target_modality,
+   encoder_modalities, modality_mask_rate, position_embeddings, training_layout) = (
+       g.model_config, g.num_user_buckets, g.decoding, g.constrained_loss, g.target_modality,
+       g.encoder_modalities, g.modality_mask_rate, g.position_embeddings, g.training_layout)
   if training_layout not in TRAINING_LAYOUTS:
     raise DataError(f"training_layout={training_layout!r} is not one of "
                     f"{sorted(TRAINING_LAYOUTS)}", path=f"{entry}.training_layout",
@@ -366,17 +409,11 @@ def setup(semantic_ids_path: str, dataset: DatasetConfig, trainer_config: traine
 
 def train_generator(workdir: str, semantic_ids_path: str,
                     dataset: DatasetConfig = DatasetConfig(),
+                    generator: GeneratorConfig = GeneratorConfig(),
                     trainer_config: trainer_lib.TrainerConfig = trainer_lib.TrainerConfig(),
-                    model_config: Callable[..., T5Config] = T5Config.tiger,
-                    eval_config: EvalConfig = EvalConfig(), num_user_buckets: int = 0,
+                    eval_config: EvalConfig = EvalConfig(),
                     operative_config: Optional[Callable[[], str]] = None,
-                    progress: bool = True,
-                    decoding: Optional[DecodingConfig] = DecodingConfig(),
-                    constrained_loss: bool = False, target_modality: Optional[str] = None,
-                    encoder_modalities: Optional[Sequence[str]] = None,
-                    modality_mask_rate: float = 0.0,
-                    position_embeddings: bool = False,
-                    training_layout: str = "per_example") -> dict:
+                    progress: bool = True) -> dict:
   """Trains the generator in `workdir` (resuming a run of the same configuration).
 
   Args:
@@ -385,41 +422,17 @@ def train_generator(workdir: str, semantic_ids_path: str,
     semantic_ids_path: semantic_ids.npy from tools/build_semantic_ids.py.
     dataset: which dataset (split leave-one-out).
     trainer_config: steps, batching, mesh, optimizer, validation.
-    model_config: `model_config(vocab_size) -> T5Config` (e.g. T5Config.tiger).
+    generator: the model, layout, decoding, loss and modality options (GeneratorConfig).
     eval_config: cutoffs / batch size / exclude_history of the validation runs
       (bootstrap is off during training).
-    num_user_buckets: hashed user tokens (TIGER 2000); 0 by default because
-      `evaluation.evaluate` passes histories only (see make_recommender_factory).
     operative_config: returns the operative gin config text (tools pass
       `configs.operative_config`); saved as config.gin and checked on resume.
     progress: progress bars and prints.
-    decoding: the validation recommender's beam search (None: greedy top-1).
-    constrained_loss: MSCGRec's constrained sequence learning (softmax over the codes
-      the trie allows after the target's prefix).
-    target_modality: the modality segment (`modalities.json` beside the semantic IDs)
-      the decoder generates, e.g. "collab" (MSCGRec); None = all columns. The trie and
-      the recommenders use its columns, which must name one item each.
-    encoder_modalities: the segments each history item shows the encoder (in column
-      order); None = all.
-    modality_mask_rate: MSCGRec's modality masking: per training example, the
-      probability that one uniformly drawn encoder modality is hidden (PAD); needs two
-      or more encoder modalities (else nothing is masked). Never at evaluation.
-    position_embeddings: MSCGRec's dual position embeddings in the encoder: the item's
-      recency (trainer_config.max_history positions) and the token's position inside
-      the item (sets the `T5Config` position fields).
-    training_layout: "per_example" (one example per prefix, TIGER's encoder-decoder)
-      or "item_encoder" (per sequence: a causal item encoder over each training window
-      and a code decoder at every position, every item a target in one pass) or
-      "decoder_only" (per sequence: a causal decoder over the window's code tokens,
-      the loss at every target item's codes); see docs/generator.md.
 
   Returns:
     The trainer's summary (also written to train_summary.json).
   """
-  s = setup(semantic_ids_path, dataset, trainer_config, model_config, num_user_buckets,
-            decoding, constrained_loss, target_modality, encoder_modalities,
-            modality_mask_rate, position_embeddings, entry="generator_job.train_generator",
-            training_layout=training_layout)
+  s = setup(semantic_ids_path, dataset, trainer_config, generator)
   options = dict(ks=tuple(eval_config.ks), batch_size=eval_config.batch_size,
                  exclude_history=eval_config.exclude_history,
                  cold_start_threshold=eval_config.cold_start_threshold)
@@ -434,16 +447,10 @@ def train_generator(workdir: str, semantic_ids_path: str,
 
 def evaluate_generator(workdir: str, semantic_ids_path: str,
                        dataset: DatasetConfig = DatasetConfig(),
+                       generator: GeneratorConfig = GeneratorConfig(),
                        trainer_config: trainer_lib.TrainerConfig = trainer_lib.TrainerConfig(),
-                       model_config: Callable[..., T5Config] = T5Config.tiger,
-                       eval_config: EvalConfig = EvalConfig(), num_user_buckets: int = 0,
-                       checkpoint: str = "best", progress: bool = True,
-                       decoding: Optional[DecodingConfig] = DecodingConfig(),
-                       constrained_loss: bool = False, target_modality: Optional[str] = None,
-                       encoder_modalities: Optional[Sequence[str]] = None,
-                       modality_mask_rate: float = 0.0,
-                       position_embeddings: bool = False,
-                       training_layout: str = "per_example") -> dict:
+                       eval_config: EvalConfig = EvalConfig(), checkpoint: str = "best",
+                       progress: bool = True) -> dict:
   """Restores the best (or latest) checkpoint and writes `<workdir>/eval/<split>_metrics.json`.
 
   Args: as `train_generator` (the same bindings), plus checkpoint: "best" (falls
@@ -452,10 +459,8 @@ def evaluate_generator(workdir: str, semantic_ids_path: str,
   Returns:
     {split: the JSON part of `evaluation.evaluate`'s result}.
   """
-  s = setup(semantic_ids_path, dataset, trainer_config, model_config, num_user_buckets,
-            decoding, constrained_loss, target_modality, encoder_modalities,
-            modality_mask_rate, position_embeddings, entry="generator_job.evaluate_generator",
-            training_layout=training_layout)
+  s = setup(semantic_ids_path, dataset, trainer_config, generator)
+  decoding, target_modality = generator.decoding, generator.target_modality
   tr = trainer_lib.Trainer(s.model, trainer_config, trainer_lib.input_shapes(
       s.split, s.batch_fn, trainer_config, s.examples))
   fp = trainer_lib.trajectory_fingerprint(trainer_config, s.fingerprint)

@@ -58,11 +58,11 @@ def test_beam_agrees_with_exact_scorer_on_trained_synthetic_model(tmp_path):
       mesh=partitioning.MeshConfig(),
       optimizer=optimizers.OptimizerConfig(name="adamw", schedule="constant",
                                            learning_rate=3e-3))
-  model_config = functools.partial(T5Config.tiny, emb_dim=32, head_dim=16, mlp_dim=64)
+  generator = generator_job.GeneratorConfig(
+      functools.partial(T5Config.tiny, emb_dim=32, head_dim=16, mlp_dim=64))
   workdir = os.path.join(tmp_path, "run")
-  generator_job.train_generator(workdir, path, dataset, config, model_config,
-                                progress=False)
-  s = generator_job.setup(path, dataset, config, model_config)
+  generator_job.train_generator(workdir, path, dataset, generator, config, progress=False)
+  s = generator_job.setup(path, dataset, config, generator)
   tr = trainer_lib.Trainer(s.model, config, trainer_lib.input_shapes(s.split, s.batch_fn, config))
   state, _ = trainer_lib.restore_state(
       tr, workdir, trainer_lib.trajectory_fingerprint(config, s.fingerprint), "latest")
@@ -87,7 +87,7 @@ def test_beam_agrees_with_exact_scorer_on_trained_synthetic_model(tmp_path):
   assert agreement[40] >= 0.99, agreement
   # The evaluation path: metrics over real items, beyond most-popular on this catalog.
   results = generator_job.evaluate_generator(
-      workdir, path, dataset, config, model_config,
+      workdir, path, dataset, generator, config,
       EvalConfig(splits=("test",), num_bootstrap=10), checkpoint="latest", progress=False)
   test = results["test"]
   assert test["found_rate"] == 1.0

@@ -51,8 +51,9 @@ def _write_ids(folder, sidecar=True):
 def test_mscgrec_generator_trains_recommends_real_items_and_restores(tmp_path):
   path = _write_ids(str(tmp_path))
   kw = dict(semantic_ids_path=path, dataset=DATASET, trainer_config=CONFIG,
-            model_config=T5Config.tiny, num_user_buckets=4, constrained_loss=True,
-            target_modality="collab", position_embeddings=True, modality_mask_rate=0.3)
+            generator=job.GeneratorConfig(
+                model_config=T5Config.tiny, num_user_buckets=4, constrained_loss=True,
+                target_modality="collab", position_embeddings=True, modality_mask_rate=0.3))
   eval_config = EvalConfig(batch_size=32, num_bootstrap=10)
   workdir = str(tmp_path / "run")
   summary = job.train_generator(workdir, eval_config=eval_config, progress=False, **kw)
@@ -97,14 +98,14 @@ def test_mscgrec_generator_trains_recommends_real_items_and_restores(tmp_path):
 
 def test_fingerprint_is_unchanged_by_default_and_changes_with_each_option(tmp_path):
   path = _write_ids(str(tmp_path))
-  base = dict(semantic_ids_path=path, dataset=DATASET, trainer_config=CONFIG,
-              model_config=T5Config.tiny, decoding=None)
-  default = job.setup(**base)
+  base = dict(semantic_ids_path=path, dataset=DATASET, trainer_config=CONFIG)
+  generator = job.GeneratorConfig(model_config=T5Config.tiny, decoding=None)
+  default = job.setup(**base, generator=generator)
   # Without a sidecar (a table as before the modalities existed): the same fingerprint.
   other = tmp_path / "plain"
   other.mkdir()
-  assert job.setup(**dict(base, semantic_ids_path=_write_ids(str(other), sidecar=False))
-                   ).fingerprint == default.fingerprint
+  assert job.setup(**dict(base, semantic_ids_path=_write_ids(str(other), sidecar=False)),
+                   generator=generator).fingerprint == default.fingerprint
   # The fingerprint of the code before the MSCGRec options: the same blob.
   t5 = default.model.config
   old_fields = ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",
@@ -120,11 +121,12 @@ def test_fingerprint_is_unchanged_by_default_and_changes_with_each_option(tmp_pa
   seen = {default.fingerprint}
   for option in [dict(target_modality="collab"), dict(encoder_modalities=("text", "collab")),
                  dict(modality_mask_rate=0.2), dict(position_embeddings=True)]:
-    fp = job.setup(**base, **option).fingerprint
+    fp = job.setup(**base, generator=dataclasses.replace(generator, **option)).fingerprint
     assert fp not in seen, option
     seen.add(fp)
   # Encoder segments are read in column order; the masking indices follow them.
-  s = job.setup(**base, encoder_modalities=("collab", "text"), target_modality="image")
+  s = job.setup(**base, generator=dataclasses.replace(
+      generator, encoder_modalities=("collab", "text"), target_modality="image"))
   assert s.encoder_levels == (0, 1, 4, 5, 6) and s.target_levels == (2, 3)
   assert s.model.encoder_token_modalities == (0, 0, 1, 1, 1)
   batch = s.batch_fn({"history": np.array([[3, 4, 0]]), "length": np.array([2]),
@@ -137,16 +139,16 @@ def test_fingerprint_is_unchanged_by_default_and_changes_with_each_option(tmp_pa
 
 
 @pytest.mark.parametrize("option, binding", [
-    (dict(target_modality="audio"), "generator_job.train_generator.target_modality"),
+    (dict(target_modality="audio"), "generator_job.GeneratorConfig.target_modality"),
     (dict(encoder_modalities=("text", "audio")),
-     "generator_job.train_generator.encoder_modalities"),
+     "generator_job.GeneratorConfig.encoder_modalities"),
     (dict(encoder_modalities=("text", "text")),
-     "generator_job.train_generator.encoder_modalities"),
-    (dict(modality_mask_rate=1.5), "generator_job.train_generator.modality_mask_rate"),
+     "generator_job.GeneratorConfig.encoder_modalities"),
+    (dict(modality_mask_rate=1.5), "generator_job.GeneratorConfig.modality_mask_rate"),
 ])
 def test_bad_modality_bindings_are_named(tmp_path, option, binding):
   path = _write_ids(str(tmp_path))
   with pytest.raises(DataError, match=binding.replace(".", r"\.")):
-    job.train_generator(str(tmp_path / "run"), path, DATASET, CONFIG, T5Config.tiny,
-                        progress=False, **option)
+    job.train_generator(str(tmp_path / "run"), path, DATASET,
+                        job.GeneratorConfig(T5Config.tiny, **option), CONFIG, progress=False)
   assert not (tmp_path / "run").exists()

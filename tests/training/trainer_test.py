@@ -236,7 +236,13 @@ def _tiny_generator_setup(tmp_path):
       CONFIG, num_steps=4, eval_every=4, checkpoint_every=4, log_every=2, max_history=8,
       optimizer=optimizers.OptimizerConfig(warmup_steps=2))  # Adafactor, rsqrt (TIGER).
   return generator_job, dict(semantic_ids_path=str(path), dataset=dataset,
-                             trainer_config=config, model_config=T5Config.tiny)
+                             trainer_config=config,
+                             generator=generator_job.GeneratorConfig(T5Config.tiny))
+
+
+def _with(kw, **fields):
+  """The job arguments `kw` with these GeneratorConfig fields replaced."""
+  return dict(kw, generator=dataclasses.replace(kw["generator"], **fields))
 
 
 @pytest.mark.slow
@@ -344,7 +350,7 @@ def test_best_saved_after_the_last_checkpoint_is_redone_on_resume(split, tmp_pat
 @pytest.mark.parametrize("layout", ["item_encoder", "decoder_only"])
 def test_per_sequence_step_on_one_device_equals_a_4x2_mesh_step(tmp_path, layout):
   job, kw = _tiny_generator_setup(tmp_path)
-  s = job.setup(**kw, training_layout=layout)
+  s = job.setup(**_with(kw, training_layout=layout))
   config = kw["trainer_config"]
   assert s.examples is not None and s.examples.num_targets == len(
       s.split.train_examples(config.max_history))
@@ -378,7 +384,7 @@ def test_per_sequence_job_resumes_exactly_trains_and_evaluates(tmp_path, layout)
   eval_config = EvalConfig(batch_size=16, num_bootstrap=10)
   whole = str(tmp_path / "whole")
   job.train_generator(whole, eval_config=eval_config, progress=False,
-                      training_layout=layout, **kw)
+                      **_with(kw, training_layout=layout))
 
   def kill_at_3(step, state):
     if step == 3:
@@ -390,26 +396,26 @@ def test_per_sequence_job_resumes_exactly_trains_and_evaluates(tmp_path, layout)
     trainer_lib.train = lambda *a, **k: original(*a, **{**k, "on_step": kill_at_3})
     try:
       job.train_generator(run, eval_config=eval_config, progress=False,
-                          training_layout=layout, **kw)
+                          **_with(kw, training_layout=layout))
     finally:
       trainer_lib.train = original
   summary = job.train_generator(run, eval_config=eval_config, progress=False,
-                                training_layout=layout, **kw)
+                                **_with(kw, training_layout=layout))
   assert summary["step"] == 4
   np.testing.assert_allclose([_losses(run)[s] for s in range(1, 5)],
                              [_losses(whole)[s] for s in range(1, 5)], rtol=1e-6)
   results = job.evaluate_generator(run, eval_config=eval_config, progress=False,
-                                   training_layout=layout, **kw)
+                                   **_with(kw, training_layout=layout))
   saved = json.load(open(os.path.join(run, "eval", "test_metrics.json")))
   assert saved["found_rate"] == 1.0
   assert results["valid"]["metrics"]["overall"]["ndcg@10"]["mean"] == pytest.approx(
       summary["best_value"])
   with pytest.raises(DataError, match="training_layout"):
-    job.setup(**kw, training_layout="decoder_only_typo")
+    job.setup(**_with(kw, training_layout="decoder_only_typo"))
   if layout == "decoder_only":
     with pytest.raises(DataError, match="position_embeddings"):
-      job.setup(**kw, training_layout=layout, position_embeddings=True)
+      job.setup(**_with(kw, training_layout=layout, position_embeddings=True))
   else:  # MSCGRec's dual position embeddings in the item encoder.
-    cfg = job.setup(**kw, training_layout=layout, position_embeddings=True).model.config
+    cfg = job.setup(**_with(kw, training_layout=layout, position_embeddings=True)).model.config
     assert cfg.item_position_embeddings == kw["trainer_config"].max_history
     assert cfg.code_position_embeddings == 3
