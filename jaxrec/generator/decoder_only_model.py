@@ -62,14 +62,11 @@ class DecoderOnlyModel(EncoderDecoderModel):
                                  "(generator_job.setup orders the block columns).")
 
   @classmethod
-  def from_config(cls, config: T5Config, layout: Union[TokenLayout, TargetLayout],
-                  trie: Any = None, constrained_loss: bool = False, decoding: Any = None,
-                  modality_mask_rate: float = 0.0,
-                  encoder_token_modalities: Optional[Sequence[int]] = None,
-                  decode_fn: Optional[Callable[..., Any]] = None
-                  ) -> "DecoderOnlyModel":
-    return cls(DecoderOnlyTransformer(config), layout, config, trie, constrained_loss,
-               decoding, modality_mask_rate, encoder_token_modalities, decode_fn)
+  def make_network(cls, config: T5Config, layout: Union[TokenLayout, TargetLayout],
+                   encoder_token_modalities: Optional[Sequence[int]] = None) -> Any:
+    """One causal decoder stack over the window's code tokens."""
+    del layout, encoder_token_modalities
+    return DecoderOnlyTransformer(config)
 
   # ---------------------------------------------------------------- variables
   def default_input_shapes(self, batch_size: int = 1, max_history: int = 1) -> dict:

@@ -14,7 +14,7 @@ is where training predicts an item's first code.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax

@@ -157,10 +157,19 @@ class EncoderDecoderModel:
                   trie: Any = None, constrained_loss: bool = False, decoding: Any = None,
                   modality_mask_rate: float = 0.0,
                   encoder_token_modalities: Optional[Sequence[int]] = None,
-                  decode_fn: Optional[Callable[..., Any]] = None
-                  ) -> "EncoderDecoderModel":
-    return cls(Transformer(config), layout, config, trie, constrained_loss, decoding,
+                  decode_fn: Optional[Callable[..., Any]] = None) -> "EncoderDecoderModel":
+    """The model with the network `make_network` builds for this class (arguments as
+    `__init__`'s)."""
+    network = cls.make_network(config, layout, encoder_token_modalities)
+    return cls(network, layout, config, trie, constrained_loss, decoding,
                modality_mask_rate, encoder_token_modalities, decode_fn)
+
+  @classmethod
+  def make_network(cls, config: T5Config, layout: Union[TokenLayout, TargetLayout],
+                   encoder_token_modalities: Optional[Sequence[int]] = None) -> Any:
+    """The Flax network of this model class: T5 1.1's encoder-decoder."""
+    del layout, encoder_token_modalities
+    return Transformer(config)
 
   @property
   def prefix_tokens(self) -> int:

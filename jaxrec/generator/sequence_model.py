@@ -53,19 +53,15 @@ class ItemEncoderDecoderModel(EncoderDecoderModel):
                              fix="build it with ItemEncoderDecoderModel.from_config.")
 
   @classmethod
-  def from_config(cls, config: T5Config, layout: Union[TokenLayout, TargetLayout],
-                  trie: Any = None, constrained_loss: bool = False, decoding: Any = None,
-                  modality_mask_rate: float = 0.0,
-                  encoder_token_modalities: Optional[Sequence[int]] = None,
-                  decode_fn: Optional[Callable[..., Any]] = None
-                  ) -> "ItemEncoderDecoderModel":
+  def make_network(cls, config: T5Config, layout: Union[TokenLayout, TargetLayout],
+                   encoder_token_modalities: Optional[Sequence[int]] = None) -> Any:
+    """The causal item encoder + code decoder, sized for the layout's user token and the
+    encoder tokens (columns) per item."""
     target = layout.target() if isinstance(layout, TokenLayout) else layout
     prefix = 1 if target.num_user_buckets else 0
     width = (len(encoder_token_modalities) if encoder_token_modalities is not None
              else target.num_levels)
-    return cls(ItemTransformer(config, prefix, width), layout, config, trie,
-               constrained_loss, decoding, modality_mask_rate, encoder_token_modalities,
-               decode_fn)
+    return ItemTransformer(config, prefix, width)
 
   # ---------------------------------------------------------------- variables
   def default_input_shapes(self, batch_size: int = 1, max_history: int = 1) -> dict:
