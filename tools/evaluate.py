@@ -3,10 +3,10 @@
   python tools/evaluate.py --gin_file=gin_configs/runs/train_generator.gin \
     --semantic_ids=/tmp/ids/semantic_ids.npy --workdir=/tmp/tiger_beauty [--checkpoint=latest]
 
-Pass the same gin files and --gin flags as tools/train.py, or a pipeline run's saved
-operative config (`--gin_file=<run>/config.gin` of tools/run.py, which binds the evaluation
-job) with --semantic_ids. tools/train.py's config.gin binds only the training job, so it is
-refused with that fix. Writes
+Pass the same gin files and --gin flags as tools/train.py, or a run's saved operative config
+(`--gin_file=<run>/config.gin`): tools/run.py's binds the evaluation job (pass
+--semantic_ids too); tools/train.py's binds only the training job, whose GeneratorConfig,
+trainer, dataset and eval config are then evaluated. Writes
 <workdir>/eval/<split>_metrics.json (full ranking, 95% bootstrap CIs) and
 eval_config.gin.
 """
@@ -46,16 +46,28 @@ def main(argv):
     paths["semantic_ids_path"] = _SEMANTIC_IDS.value
   bound = configs.bound_arguments(generator_job.evaluate_generator)
   if not bound:
-    raise app.UsageError(
-        "the gin files bind nothing of generator_job.evaluate_generator (a tools/train.py "
-        "config.gin binds only the training job). Fix: pass the gin files and --gin flags "
-        "the run was trained with (e.g. --gin_file=gin_configs/runs/train_generator.gin).")
-  if "dataset" not in bound:
+    # A tools/train.py config.gin binds only the training job: evaluate what it trained
+    # (the same GeneratorConfig, trainer, dataset and eval config).
+    trained = configs.bound_arguments(generator_job.train_generator)
+    if "generator" not in trained:
+      raise app.UsageError(
+          "the gin files bind neither generator_job.evaluate_generator nor the generator of "
+          "generator_job.train_generator. Fix: pass the gin files and --gin flags the run was "
+          "trained with (e.g. --gin_file=gin_configs/runs/train_generator.gin), or its "
+          "saved <workdir>/config.gin.")
+    paths.update({k: trained[k] for k in ("generator", "trainer_config", "eval_config",
+                                          "dataset", "semantic_ids_path") if k in trained})
+    if _SEMANTIC_IDS.value:
+      paths["semantic_ids_path"] = _SEMANTIC_IDS.value
+  elif "dataset" not in bound:
     # A pipeline's operative config binds the dataset of its entry point instead.
     dataset = configs.bound_arguments(system_pipeline.run_system).get("dataset")
     if dataset is not None:
       paths["dataset"] = dataset
-  configs.run(generator_job.evaluate_generator, checkpoint=_CHECKPOINT.value, **paths)
+  if bound:
+    configs.run(generator_job.evaluate_generator, checkpoint=_CHECKPOINT.value, **paths)
+  else:  # Not in the gin registry: called with the training job's configs.
+    generator_job.evaluate_generator(checkpoint=_CHECKPOINT.value, **paths)
   configs.save_config(_WORKDIR.value, name="eval_config.gin")
   print(f"metrics in {_WORKDIR.value}/eval/")
 

@@ -319,6 +319,15 @@ def test_train_and_evaluate_tools(tmp_path):
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   saved = json.loads((workdir / "eval" / "test_metrics.json").read_text())
   assert saved["checkpoint"] == "best" and saved["checkpoint_step"] == 4
+  # The run's own config.gin (tools/train.py's: only the training job is bound) evaluates
+  # the same GeneratorConfig, trainer and dataset: the same figures.
+  (workdir / "eval" / "test_metrics.json").unlink()
+  from_saved = subprocess.run(
+      [sys.executable, "tools/evaluate.py", f"--gin_file={workdir}/config.gin",
+       f"--workdir={workdir}"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+  assert from_saved.returncode == 0, from_saved.stderr[-3000:]
+  again = json.loads((workdir / "eval" / "test_metrics.json").read_text())
+  assert again["metrics"] == saved["metrics"] and again["checkpoint_step"] == 4
 
 
 def test_best_saved_after_the_last_checkpoint_is_redone_on_resume(split, tmp_path, monkeypatch):
