@@ -2,8 +2,8 @@
 
 A `Stage` is a job that writes artifacts into a folder and returns their paths. Its
 identity (the fingerprint) is one hash (`fingerprint`) of
-  - its inputs, by content: the SHA-256 of every artifact of the earlier stages it
-    `needs`, and
+  - its inputs, by content: the SHA-256 of the artifacts the earlier stages it `needs`
+    provide (`Stage.provides`; all by default), and
   - its configuration, by value: `canonical(config)`.
 `run_pipeline(workdir, stages, cache)` runs them in order and owns everything around
 the jobs (a stage that runs gets an empty folder, or its own folder to resume in; the
@@ -127,6 +127,10 @@ class Stage:
       the workdir when the pipeline has no cache).
     folder: the folder relative to the workdir (default: `name`), e.g.
       "generator/eval"; not used for a shared stage in a cache.
+    provides: the artifact file names that stand for this stage's result in the
+      fingerprints of the stages that need it (default: all; those the job returns,
+      at least one of them); e.g. the semantic IDs (and their optional sidecar) but
+      not their statistics (timings), so equal IDs rebuilt leave the generator up to date.
   """
   name: str
   job: Callable[[str, Mapping[str, "StageResult"]], Sequence[str]]
@@ -136,6 +140,7 @@ class Stage:
   keep_old: bool = True
   shared: bool = False
   folder: Optional[str] = None
+  provides: Sequence[str] = ()
 
 
 @dataclasses.dataclass
@@ -151,6 +156,7 @@ class StageResult:
     artifacts: {file name: path}.
     folder: the stage folder.
     digests: {file name: SHA-256} of the artifacts.
+    provided: the digests of the artifacts the stage `provides` (what later stages hash).
     superseded: where an older configuration's folder was moved, if it was.
   """
   name: str
@@ -162,6 +168,7 @@ class StageResult:
   folder: str = ""
   digests: dict = dataclasses.field(default_factory=dict)
   superseded: Optional[str] = None
+  provided: dict = dataclasses.field(default_factory=dict)
 
   def path(self, artifact: str) -> str:
     """The path of one artifact by file name (PipelineError names the ones there are)."""
@@ -218,8 +225,8 @@ def run_pipeline(workdir: str, stages: Sequence[Stage], cache: Optional[str] = N
 
 
 def stage_fingerprint(stage: Stage, inputs: Mapping[str, StageResult]) -> str:
-  """`fingerprint` of the needed stages' artifact digests and the stage's config."""
-  return fingerprint({"inputs": {n: inputs[n].digests for n in stage.needs},
+  """`fingerprint` of the needed stages' provided artifact digests and the stage's config."""
+  return fingerprint({"inputs": {n: inputs[n].provided for n in stage.needs},
                       "config": stage.config})
 
 
@@ -238,7 +245,13 @@ def _run(workdir: str, stage: Stage, results: Mapping[str, StageResult], cache: 
           else checkpoints.workdir_lock(base, f"pipeline ({stage.name} stage)",
                                         name=f".{stage.name}.lock"))
   with lock:
-    return _run_locked(base, stage, folder, fp, inputs, progress, index)
+    result = _run_locked(base, stage, folder, fp, inputs, progress, index)
+  if stage.provides and not set(stage.provides) & set(result.digests):
+    raise PipelineError(f"stage {stage.name!r} provides {list(stage.provides)}, none of which "
+                        f"its job returned (it returned {sorted(result.digests)}).")
+  result.provided = {a: d for a, d in result.digests.items()
+                     if not stage.provides or a in stage.provides}
+  return result
 
 
 def _run_locked(base: str, stage: Stage, folder: str, fp: str, inputs, progress: bool,

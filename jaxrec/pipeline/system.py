@@ -276,7 +276,9 @@ def _generative_stages(dataset, used, text_encoder, encoder_model_dir, encoder_b
     sidecar = os.path.join(folder, "modalities.json")
     return out + ([sidecar] if os.path.isfile(sidecar) else [])
   # Cached too: ablations that change only the generator share their system's IDs.
+  # The generator depends on the IDs (and their modality sidecar), not on their statistics.
   stages.append(Stage("semantic_ids", build_ids, job_config(semantic_ids_job, ids_passed),
-                      needs=tuple(s.name for s in stages), shared=True))
+                      needs=tuple(s.name for s in stages), shared=True,
+                      provides=(tokenizer_job.IDS_FILE, "modalities.json")))
   return stages
 

@@ -117,3 +117,29 @@ def test_bad_stage_lists_and_bad_jobs_are_named(tmp_path):
   result = stage_lib.StageResult("a", "ran", 0., 0., "fp", {"x.npy": "/p/x.npy"})
   with pytest.raises(stage_lib.PipelineError, match="has no artifact 'y.npy'"):
     result.path("y.npy")
+
+
+def test_later_stages_hash_only_what_a_stage_provides(tmp_path):
+  """Rebuilt IDs equal to the old ones (new statistics) leave the generator up to date."""
+  calls = []
+
+  def ids_job(stats):
+    def job(folder, inputs):
+      with open(f"{folder}/ids.txt", "w") as f:
+        f.write("1 2 3")
+      with open(f"{folder}/stats.json", "w") as f:
+        f.write(stats)
+      return [f"{folder}/ids.txt", f"{folder}/stats.json"]
+    return job
+
+  def stages(config, stats, provides=("ids.txt",)):
+    return [Stage("ids", ids_job(stats), config, keep_old=False, provides=provides),
+            Stage("model", _writer(calls, "m"), {}, needs=("ids",))]
+  stage_lib.run_pipeline(str(tmp_path), stages({"v": 1}, "1.2 s"))
+  summary = stage_lib.run_pipeline(str(tmp_path), stages({"v": 2}, "1.7 s"))
+  assert _statuses(summary) == {"ids": "ran", "model": "skipped"} and len(calls) == 1
+  # Without `provides`, every artifact counts: new statistics rerun the model.
+  summary = stage_lib.run_pipeline(str(tmp_path), stages({"v": 3}, "1.9 s", provides=()))
+  assert _statuses(summary) == {"ids": "ran", "model": "ran"}
+  with pytest.raises(stage_lib.PipelineError, match="none of which its job returned"):
+    stage_lib.run_pipeline(str(tmp_path), stages({"v": 4}, "2 s", provides=("typo.npy",)))
