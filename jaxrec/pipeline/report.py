@@ -21,8 +21,8 @@ def report(workdir: str, dataset: DatasetConfig, results: Sequence[StageResult],
            extra: Optional[dict] = None) -> dict:
   """The summary fields of a system run (metrics, baselines, curve, `extra`); writes
   `<workdir>/results.md`. `model_stage` names the trained model's stage and table row."""
-  train_summary = files.read_json(results_path(results, model_stage,
-                                               "train_summary.json")) or {}
+  trained = [r for r in results if r.name == model_stage]
+  train_summary = (files.read_json(trained[0].path("train_summary.json")) or {}) if trained else {}
   summary = {"dataset": dataset.name, "dataset_config": canonical(dataset),
              "trained_steps": train_summary.get("step"),
              "model": model_stage, "metrics": _metrics(results[-1]), **(extra or {})}
@@ -37,14 +37,6 @@ def report(workdir: str, dataset: DatasetConfig, results: Sequence[StageResult],
   if progress:
     print(table, flush=True)
   return summary
-
-
-def results_path(results: Sequence[StageResult], stage: str, artifact: str) -> str:
-  """The path of a stage's artifact, or "" when the stage did not run."""
-  for r in results:
-    if r.name == stage:
-      return r.artifacts.get(artifact, "")
-  return ""
 
 
 REFERENCE_BASELINES = ("most_popular", "cooccurrence")
@@ -89,8 +81,8 @@ def results_markdown(summary: dict, which: str = "test") -> str:
               "(95% bootstrap CI)", "",
               "| model | " + " | ".join(TABLE_METRICS) + " |",
               "|---" * (len(TABLE_METRICS) + 1) + "|",
-              f"| {summary.get('model') or 'generator'} | " + " | ".join(_cell(m["overall"].get(k)) for k in TABLE_METRICS)
-              + " |"]
+              f"| {summary.get('model') or 'generator'} | "
+              + " | ".join(_cell(m["overall"].get(k)) for k in TABLE_METRICS) + " |"]
     for name, b in sorted((summary.get("baselines") or {}).items()):
       lines.append(f"| {name} | " + " | ".join(_cell(b["overall"].get(k))
                                                for k in TABLE_METRICS) + " |")

@@ -41,6 +41,10 @@ from jaxrec.training import trainer as trainer_lib
 
 MODALITIES = ("text", "image", "collab")
 COLLAB_FILE = "item_embeddings.npy"
+# Each feature stage: (the modality it serves, the feature file it writes).
+FEATURE_STAGES = {"embeddings": ("text", "item_embeddings.npy"),
+                  "image_features": ("image", "image_features.npy"),
+                  "collaborative": ("collab", COLLAB_FILE)}
 # Arguments the pipeline passes that name places or verbosity, not results.
 _NOT_CONFIG = frozenset({"workdir", "embeddings_path", "semantic_ids_path", "progress",
                          "operative_config", "output_path", "features"})
@@ -96,7 +100,7 @@ def feature_stages(dataset: DatasetConfig, used: Sequence[str], text_encoder: st
   if "text" in used:
     def encode(folder, inputs):
       del inputs
-      path = os.path.join(folder, "item_embeddings.npy")
+      path = os.path.join(folder, FEATURE_STAGES["embeddings"][1])
       item_job.encode_items(path, dataset, encoder=text_encoder, model_dir=encoder_model_dir,
                             batch_size=encoder_batch_size, max_length=encoder_max_length,
                             progress=progress)
@@ -108,7 +112,7 @@ def feature_stages(dataset: DatasetConfig, used: Sequence[str], text_encoder: st
   if "image" in used and image_features:
     def encode_images(folder, inputs):
       del inputs
-      path = os.path.join(folder, "image_features.npy")
+      path = os.path.join(folder, FEATURE_STAGES["image_features"][1])
       image_job.encode_images(path, dataset, encoder=image_encoder, progress=progress)
       return [path, item_job.sidecar_path(path)]
     stages.append(Stage("image_features", encode_images, {
@@ -133,9 +137,6 @@ def feature_stages(dataset: DatasetConfig, used: Sequence[str], text_encoder: st
                         {"collaborative": job_config(collaborative, passed, RESUMABLE_FIELDS)},
                         resumable=resumable_settings(collaborative, passed), shared=True))
   return stages
-
-
-FEATURE_OF = {"embeddings": "text", "image_features": "image", "collaborative": "collab"}
 
 
 def model_stages(dataset: DatasetConfig, train_job: Callable[..., dict],
@@ -238,17 +239,17 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
     stages += model_stages(dataset, train_job, eval_job, progress, model_stage)
 
   def report(results: Sequence[StageResult]) -> dict:
-    features = {FEATURE_OF[r.name]: r.artifacts[_feature_file(r.name)]
-                for r in results if r.name in FEATURE_OF}
+    features = _features({r.name: r for r in results if r.name in FEATURE_STAGES})
     return report_lib.report(workdir, dataset, results, progress, model_stage, extra={
         "system": system, "modalities": list(used), "absent_modalities": absent,
         "features": features, "training_seconds": {r.name: r.build_seconds for r in results}})
   return run_pipeline(workdir, stages, feature_cache, progress, report)
 
 
-def _feature_file(stage_name: str) -> str:
-  return {"embeddings": "item_embeddings.npy", "image_features": "image_features.npy",
-          "collaborative": COLLAB_FILE}[stage_name]
+def _features(results: Mapping[str, StageResult]) -> dict:
+  """{modality: feature file} of the feature stages' results."""
+  return {FEATURE_STAGES[name][0]: r.path(FEATURE_STAGES[name][1])
+          for name, r in results.items()}
 
 
 def _generative_stages(dataset, used, text_encoder, encoder_model_dir, encoder_batch_size,
@@ -270,7 +271,7 @@ def _generative_stages(dataset, used, text_encoder, encoder_model_dir, encoder_b
   ids_passed = {"dataset": dataset, "modalities": used}
 
   def build_ids(folder, inputs: Mapping[str, StageResult]):
-    features = {FEATURE_OF[name]: r.path(_feature_file(name)) for name, r in inputs.items()}
+    features = _features(inputs)
     semantic_ids_job(workdir=folder, features=features, progress=progress, **ids_passed)
     out = list(tokenizer_job.artifact_paths(folder))
     sidecar = os.path.join(folder, "modalities.json")
