@@ -26,12 +26,10 @@ import hashlib
 import json
 import math
 import os
-import time
 from typing import Callable, Optional
 
 import jax
 import numpy as np
-import tqdm
 
 from jaxrec import evaluation
 from jaxrec import files
@@ -41,10 +39,10 @@ from jaxrec.data.splits import leave_one_out
 from jaxrec.jobs import item_job
 from jaxrec.evaluation import EvalConfig, evaluate_and_save
 from jaxrec.training import checkpoints
+from jaxrec.training import loop
 from jaxrec.training import optimizers
 from jaxrec.training import partitioning
 from jaxrec.training import train_state as train_state_lib
-from jaxrec.training import trainer as trainer_lib
 
 MODEL_NAME = "lightgcn"
 ADAM = optimizers.OptimizerConfig(name="adamw", schedule="constant", learning_rate=1e-3,
@@ -52,8 +50,8 @@ ADAM = optimizers.OptimizerConfig(name="adamw", schedule="constant", learning_ra
 
 
 @dataclasses.dataclass(frozen=True)
-class LightGcnTrainConfig:
-  """How LightGCN is trained.
+class LightGcnTrainConfig(loop.ValidatedFitConfig):
+  """How LightGCN is trained (`loop.ValidatedFitConfig`'s fields, counted in epochs).
 
   Attributes:
     num_epochs: epochs in total (a resumed run continues up to it).
@@ -92,6 +90,7 @@ class LightGcnTrainConfig:
 RESUMABLE_FIELDS = ("num_epochs", "eval_every", "early_stopping_patience", "checkpoint_every",
                     "keep_checkpoints")
 _RESUMABLE = r"(LightGcnTrainConfig\.(%s)|MeshConfig\.\w+)\s*=" % "|".join(RESUMABLE_FIELDS)
+_RESUMABLE_NAMES = f"LightGcnTrainConfig.{{{','.join(RESUMABLE_FIELDS)}}} and MeshConfig"
 
 
 # ---------------------------------------------------------------------------- setup
@@ -226,22 +225,11 @@ def epoch_order(num_pairs: int, batch_size: int, seed: int, epoch: int) -> np.nd
 
 def check_workdir(workdir: str, fp: str, config_text: Optional[str] = None) -> None:
   """Raises checkpoints.WorkdirError if `workdir` holds another run (writes nothing)."""
-  names = f"LightGcnTrainConfig.{{{','.join(RESUMABLE_FIELDS)}}} and MeshConfig"
-  checkpoints.check_run_dir(workdir, fp, config_text, subdirs=("checkpoints", "best"),
-                            changeable_lines=_RESUMABLE, changeable_names=names)
-  for entry in files.read_jsonl(os.path.join(workdir, "metrics.jsonl")):
-    if entry.get("fingerprint", fp) != fp:
-      raise checkpoints.WorkdirError(
-          f"{workdir}/metrics.jsonl was written by another run (fingerprint "
-          f"{entry['fingerprint']!r}, this run {fp!r}). Fix: use a new --workdir.")
+  loop.check_run(workdir, fp, config_text, _RESUMABLE, _RESUMABLE_NAMES)
 
 
 def _eval_options(eval_config: EvalConfig, valid_metric: str) -> dict:
-  try:
-    k = int(valid_metric.split("@")[1])
-  except (IndexError, ValueError):
-    raise ValueError(f"LightGcnTrainConfig.valid_metric={valid_metric!r} is not "
-                     f"'<metric>@<k>'. Fix: use e.g. 'ndcg@10'.") from None
+  k = loop.metric_k(valid_metric, "LightGcnTrainConfig.valid_metric")
   return dict(ks=sorted(set(eval_config.ks) | {k}), batch_size=eval_config.batch_size,
               max_history=eval_config.max_history, exclude_history=eval_config.exclude_history,
               cold_start_threshold=eval_config.cold_start_threshold)
@@ -294,118 +282,104 @@ def train_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),
   Raises:
     checkpoints.WorkdirError: the workdir holds another run.
   """
-  started = time.perf_counter()
   s = setup(dataset, config, train_config, devices)
-  tc, fp = train_config, s.fingerprint
-  check_workdir(workdir, fp, config_text)
+  tc, fp, spe = train_config, s.fingerprint, s.steps_per_epoch
+  run = loop.RunFolder(workdir, fp, config_text, tc.keep_checkpoints, "LightGCN training run",
+                       _RESUMABLE, _RESUMABLE_NAMES)
+  run.check()
   options = _eval_options(eval_config, tc.valid_metric)
-  # One process per workdir (a second is refused with WorkdirError).
-  with checkpoints.workdir_lock(workdir, "LightGCN training run"):
-    if config_text is not None and jax.process_index() == 0:
-      files.write_text(os.path.join(workdir, "config.gin"), config_text)
+  with run:  # one process per workdir (a second is refused with WorkdirError)
     optimizer = optimizers.make_optimizer(tc.optimizer)
     graph = _graph_on_mesh(s)
     step_fn = make_train_step(s, optimizer)
     rng = partitioning.put_global(np.asarray(jax.random.PRNGKey(tc.seed)),
                                   partitioning.replicated(s.mesh))
-    pair_users, pair_items = s.graph.pair_users, s.graph.pair_items
-    spe = s.steps_per_epoch
-    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), fp,
-                                    max_to_keep=tc.keep_checkpoints)
-    best_ckpt = checkpoints.Checkpointer(os.path.join(workdir, "best"), fp, max_to_keep=1,
-                                         async_save=False)
-    epoch_seconds = []
-    try:
-      state = _init_state(s, optimizer)
-      meta = {}
-      if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(_abstract(state, partitioning.replicated(s.mesh)))
-      step = int(state.step)
-      epoch = int(meta.get("epoch", 0))
-      earlier = float(meta.get("train_seconds", 0.0))  # Earlier runs' training time.
-      if step != epoch * spe:
-        raise checkpoints.CheckpointError(
-            f"{workdir}/checkpoints step {step} is not epoch {epoch} x {spe} steps per epoch. "
-            "Fix: use a new --workdir.")
-      best_ckpt.delete_after(step)  # a best saved after the restored step (killed run).
-      best = {"best_epoch": meta.get("best_epoch"), "best_step": meta.get("best_step"),
-              "best_value": meta.get("best_value"),
-              "evals_since_best": meta.get("evals_since_best", 0),
-              "stopped_early": meta.get("stopped_early", False)}
-      log = trainer_lib.MetricsLog(os.path.join(workdir, "metrics.jsonl"), step)
-      log.write({"step": step, "epoch": epoch, "event": "start" if step == 0 else "resume",
-                 "fingerprint": fp, "devices": jax.device_count(), "mesh": dict(s.mesh.shape),
-                 "users": s.graph.num_users, "items": s.graph.num_items,
-                 "train_pairs": s.graph.num_pairs, "padded_edges": len(s.graph.src),
-                 "steps_per_epoch": spe})
-      if progress and jax.process_index() == 0:
-        print(f"LightGCN: {s.graph.num_users:,} users, {s.graph.num_items:,} items, "
-              f"{s.graph.num_pairs:,} training pairs, {spe} steps/epoch; epoch {epoch} of "
-              f"{tc.num_epochs}")
-      last_loss = meta.get("loss")
-      bar = tqdm.tqdm(total=tc.num_epochs * spe, initial=step, unit="step", desc="lightgcn",
-                      disable=not progress or jax.process_index() != 0)
-      while epoch < tc.num_epochs and not best["stopped_early"]:
-        t0 = time.perf_counter()
-        order = epoch_order(s.graph.num_pairs, tc.batch_size, tc.seed, epoch)
-        pending = []
-        for b in range(spe):
-          idx = order[b * tc.batch_size:(b + 1) * tc.batch_size]
-          state, metrics = step_fn(state, graph, pair_users[idx], pair_items[idx], rng)
-          pending.append(metrics)
-          bar.update(1)
-        values = jax.device_get(pending)
-        seconds = time.perf_counter() - t0
-        epoch_seconds.append(seconds)
-        epoch += 1
-        step = int(state.step)
-        entry = {"step": step, "epoch": epoch,
-                 **{k: float(np.mean([v[k] for v in values])) for k in values[0]},
-                 "seconds": seconds, "pairs_per_s": spe * tc.batch_size / max(seconds, 1e-9)}
-        log.write(entry)
-        last_loss = entry["loss"]
-        bar.set_postfix(epoch=epoch, loss=f"{last_loss:.4f}")
-        last = epoch == tc.num_epochs
-        if last or (tc.eval_every and epoch % tc.eval_every == 0):
-          result = validate(s, state.params, graph, options)
-          value = float(result["metrics"]["overall"][tc.valid_metric]["mean"])
-          log.write({"step": step, "epoch": epoch, "event": "eval", "split": "valid",
-                     "seconds": result["seconds"],
-                     **{f"valid/{k}": v["mean"] for k, v in result["metrics"]["overall"].items()}})
-          if best["best_value"] is None or value > best["best_value"]:
-            best.update(best_epoch=epoch, best_step=step, best_value=value, evals_since_best=0)
-            best_ckpt.save(step, {"params": state.params},
-                           {"epoch": epoch, "valid_metric": tc.valid_metric, "value": value},
-                           force=True)
-          else:
-            best["evals_since_best"] += 1
-            if tc.early_stopping_patience and (
-                best["evals_since_best"] >= tc.early_stopping_patience):
-              best["stopped_early"] = True
-              log.write({"step": step, "epoch": epoch, "event": "early_stop", **best})
-          bar.set_postfix(epoch=epoch, loss=f"{last_loss:.4f}",
-                          **{tc.valid_metric: f"{value:.4f}"})
-        if last or best["stopped_early"] or epoch % tc.checkpoint_every == 0:
-          ckpt.save(step, state, {"epoch": epoch, "loss": last_loss, **best,
-                                  "train_seconds": earlier + time.perf_counter() - started},
-                    force=True)
-        if on_epoch is not None:
-          on_epoch(epoch, state)
-      bar.close()
-    finally:
-      ckpt.close()
-      best_ckpt.close()
-    run_seconds = time.perf_counter() - started
-    summary = {"epoch": epoch, "step": step, "steps_per_epoch": spe,
-               "valid_metric": tc.valid_metric, "loss": last_loss,
-               "epoch_seconds": float(np.mean(epoch_seconds)) if epoch_seconds else None,
-               "seconds": earlier + run_seconds, "run_seconds": run_seconds, "fingerprint": fp,
-               **best}
-    log.write({"step": step, "epoch": epoch, "event": "end",
-               **{k: v for k, v in summary.items() if k not in ("step", "epoch")}})
-    if jax.process_index() == 0:
-      files.write_json(os.path.join(workdir, "train_summary.json"), summary)
-    return summary
+    state, meta = run.resume(
+        lambda: _init_state(s, optimizer),
+        lambda: _abstract(jax.eval_shape(lambda: _init_state(s, optimizer)),
+                          partitioning.replicated(s.mesh)))
+    step = int(state.step)
+    epoch = int(meta.get("epoch", 0))
+    if step != epoch * spe:
+      raise checkpoints.CheckpointError(
+          f"{workdir}/checkpoints step {step} is not epoch {epoch} x {spe} steps per epoch. "
+          "Fix: use a new --workdir.")
+    best = loop.best_record(meta)
+    run.log.write({"step": step, "epoch": epoch, "event": "start" if step == 0 else "resume",
+                   "fingerprint": fp, "devices": jax.device_count(), "mesh": dict(s.mesh.shape),
+                   "users": s.graph.num_users, "items": s.graph.num_items,
+                   "train_pairs": s.graph.num_pairs, "padded_edges": len(s.graph.src),
+                   "steps_per_epoch": spe})
+    if progress and jax.process_index() == 0:
+      print(f"LightGCN: {s.graph.num_users:,} users, {s.graph.num_items:,} items, "
+            f"{s.graph.num_pairs:,} training pairs, {spe} steps/epoch; epoch {epoch} of "
+            f"{tc.num_epochs}")
+    batches = EpochBatches(s.graph.pair_users, s.graph.pair_items, tc.batch_size, tc.seed, spe)
+    epoch_of = lambda step: {"epoch": step // spe}  # noqa: E731
+    last = {"loss": meta.get("loss")}
+
+    def keep_loss(state, info):
+      if info.entry is not None:
+        last["loss"] = info.entry["loss"]
+
+    validate_action = loop.Validate(
+        tc.eval_every * spe, lambda st: validate(s, st.params, graph, options),
+        tc.valid_metric, tc.early_stopping_patience, best,
+        lambda step, st, value: run.best.save(
+            step, {"params": st.params},
+            {"epoch": step // spe, "valid_metric": tc.valid_metric, "value": value},
+            force=True),
+        run.log, epoch_of)
+    actions = [keep_loss, validate_action, loop.Checkpoint(
+        run.latest, tc.checkpoint_every * spe, lambda step: {
+            "epoch": step // spe, "loss": last["loss"], **best,
+            "best_epoch": None if best["best_step"] is None else best["best_step"] // spe,
+            "train_seconds": run.seconds()})]
+    if on_epoch is not None:
+      actions.append(lambda st, info: on_epoch(info.step // spe, st) if (
+          info.step % spe == 0) else None)
+    result = loop.LoopResult(state, step, [], True)
+    if not best["stopped_early"]:
+      result = loop.run_loop(
+          state, lambda st, batch: step_fn(st, graph, *batch, rng), batches, start=step,
+          num_steps=tc.num_epochs * spe, log_every=spe, actions=actions, log=run.log,
+          rate=("pairs_per_s", tc.batch_size), extras=epoch_of,
+          postfix=lambda e: {"epoch": e["epoch"], "loss": f"{e['loss']:.4f}",
+                             **({tc.valid_metric: f"{validate_action.last_value:.4f}"}
+                                if validate_action.last_value is not None else {})},
+          progress=progress, desc="lightgcn")
+  epoch_seconds = [e["seconds"] for e in result.history]
+  step = result.step
+  summary = {"epoch": step // spe, "step": step, "steps_per_epoch": spe,
+             "valid_metric": tc.valid_metric, "loss": last["loss"],
+             "epoch_seconds": float(np.mean(epoch_seconds)) if epoch_seconds else None,
+             "seconds": run.seconds(), "run_seconds": run.run_seconds(), "fingerprint": fp,
+             "best_epoch": None if best["best_step"] is None else best["best_step"] // spe,
+             **best}
+  run.log.write({"step": step, "epoch": step // spe, "event": "end",
+                 **{k: v for k, v in summary.items() if k not in ("step", "epoch")}})
+  if jax.process_index() == 0:
+    files.write_json(os.path.join(workdir, "train_summary.json"), summary)
+  return summary
+
+
+class EpochBatches:
+  """The (users [B], items [B]) pairs of a 0-based step: step s is batch s % spe of epoch
+  s // spe's permutation (`epoch_order`), so a batch depends on (seed, step) only."""
+
+  def __init__(self, pair_users: np.ndarray, pair_items: np.ndarray, batch_size: int,
+               seed: int, steps_per_epoch: int):
+    self.users, self.items = pair_users, pair_items
+    self.batch_size, self.seed, self.spe = batch_size, seed, steps_per_epoch
+    self._epoch, self._order = None, None
+
+  def __call__(self, step: int) -> tuple:
+    epoch, b = divmod(step, self.spe)
+    if epoch != self._epoch:
+      self._epoch = epoch
+      self._order = epoch_order(len(self.users), self.batch_size, self.seed, epoch)
+    idx = self._order[b * self.batch_size:(b + 1) * self.batch_size]
+    return self.users[idx], self.items[idx]
 
 
 def restore_params(s: LightGcnSetup, workdir: str, which: str = "best") -> tuple:

@@ -130,8 +130,9 @@ class DinoRqConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DinoRqTrainConfig:
-  """How to fit DINO-RQ (defaults: DINO's lr 5e-4 at batch 256; for `DinoRqConfig.small()`
+class DinoRqTrainConfig(training.QuantizerFitConfig):
+  """How to fit DINO-RQ (`training.QuantizerFitConfig`'s fields, defaults redefined here,
+  and the gradient clip) (defaults: DINO's lr 5e-4 at batch 256; for `DinoRqConfig.small()`
   on the synthetic catalog we use num_steps=200, batch_size=64, learning_rate=1e-3,
   warmup_steps=20: about 80 s on 2 CPU cores).
 
@@ -257,20 +258,17 @@ def logical_param_axes(config: DinoRqConfig):
 
 # ---------------------------------------------------------------- training
 
+def _decay_mask(params):
+  """AdamW decays matrices only (not biases, norms or codebooks), as DINO."""
+  def keep(path, leaf):
+    names = [getattr(p, "key", "") for p in path]
+    return leaf.ndim >= 2 and "codebooks" not in names
+  return jax.tree_util.tree_map_with_path(keep, params)
+
+
 def make_optimizer(train_config: DinoRqTrainConfig) -> optax.GradientTransformation:
   """Clip, then AdamW (warmup + cosine); no weight decay on vectors or codebooks."""
-  schedule = training.warmup_cosine(train_config)
-
-  def decay_mask(params):
-    def keep(path, leaf):
-      names = [getattr(p, "key", "") for p in path]
-      return leaf.ndim >= 2 and "codebooks" not in names
-    return jax.tree_util.tree_map_with_path(keep, params)
-
-  adamw = optax.adamw(schedule, weight_decay=train_config.weight_decay, mask=decay_mask)
-  if train_config.clip_grad_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(train_config.clip_grad_norm), adamw)
-  return adamw
+  return training.make_optimizer(train_config, _decay_mask)
 
 
 def _views_first(x: jax.Array) -> jax.Array:

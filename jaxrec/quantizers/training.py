@@ -14,18 +14,46 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 
 from jaxrec.data.errors import DataError
 from jaxrec.quantizers import rqkmeans, rqvae, vq
+from jaxrec.training import loop
+from jaxrec.training import optimizers
 
 # fold_in tags deriving independent streams from the seed.
 _INIT, _DATA, _STEP, _KMEANS = 0, 1, 2, 3
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenizerTrainConfig:
-  """How to fit the RQ-VAE.
+class QuantizerFitConfig(loop.FitConfig):
+  """The fields the quantizer fits share (RQ-VAE, fused RQ-VAE, DINO-RQ): the loop's and
+  the AdamW + warmup-cosine optimizer's (`optimizer_config`).
+
+  Attributes:
+    batch_size: items per step, drawn without replacement; all items when larger than n.
+    learning_rate: peak AdamW learning rate.
+    warmup_steps: linear warmup from 0, then cosine decay to
+      learning_rate * final_learning_rate_fraction at num_steps.
+    final_learning_rate_fraction: see warmup_steps.
+    weight_decay: AdamW weight decay.
+    kmeans_init: initialize the codebooks by residual k-means.
+    kmeans_iters: Lloyd iterations per level for that init.
+    revive_dead_codes_every: a code unused for this many consecutive steps is reset to a
+      random current input of its level; 0 disables.
+  """
+  batch_size: int = 1024
+  learning_rate: float = 1e-3
+  warmup_steps: int = 100
+  final_learning_rate_fraction: float = 0.0
+  weight_decay: float = 1e-4
+  kmeans_init: bool = True
+  kmeans_iters: int = 20
+  revive_dead_codes_every: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerTrainConfig(QuantizerFitConfig):
+  """How to fit the RQ-VAE (`QuantizerFitConfig`'s fields, defaults redefined here).
 
   Attributes:
     num_steps: optimizer steps.
@@ -97,19 +125,20 @@ class FitHistory:
   tokens: Optional[TokenizerCodes] = None
 
 
-def warmup_cosine(config) -> optax.Schedule:
-  """Linear warmup to config.learning_rate, then cosine decay to learning_rate *
-  final_learning_rate_fraction at num_steps (a TokenizerTrainConfig or DinoRqTrainConfig)."""
-  warmup = min(config.warmup_steps, max(config.num_steps - 1, 0))
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup,
-      decay_steps=max(config.num_steps, warmup + 1),
-      end_value=config.learning_rate * config.final_learning_rate_fraction)
+def optimizer_config(config) -> optimizers.OptimizerConfig:
+  """A tokenizer fit's optimizer (a TokenizerTrainConfig, FusedTrainConfig or
+  DinoRqTrainConfig): AdamW, linear warmup to learning_rate, then cosine decay to
+  learning_rate * final_learning_rate_fraction at num_steps; DINO-RQ clips first."""
+  return optimizers.OptimizerConfig(
+      name="adamw", schedule="cosine", learning_rate=config.learning_rate,
+      warmup_steps=config.warmup_steps, total_steps=max(config.num_steps, 1),
+      end_learning_rate_fraction=config.final_learning_rate_fraction,
+      weight_decay=config.weight_decay, grad_clip=getattr(config, "clip_grad_norm", 0.0))
 
 
-def make_optimizer(config: TokenizerTrainConfig) -> optax.GradientTransformation:
-  """AdamW with linear warmup and cosine decay."""
-  return optax.adamw(warmup_cosine(config), weight_decay=config.weight_decay)
+def make_optimizer(config, decay_mask=None) -> optax.GradientTransformation:
+  """`optimizers.make_optimizer` of `optimizer_config(config)`."""
+  return optimizers.make_optimizer(optimizer_config(config), decay_mask)
 
 
 def with_codebooks(params, codebooks):
@@ -323,27 +352,24 @@ def run_steps(state, step_fn: Callable, make_batch: Callable, step_key: jax.Arra
               stop: int, log_every: int, on_step: Optional[Callable] = None,
               progress: bool = True, desc: str = "fit",
               postfix: Callable[[dict], dict] = lambda e: {"loss": f"{e['loss']:.4f}"}):
-  """The resumable fit loop of the tokenizers: steps [start, stop) with a progress bar.
+  """The tokenizers' fit: steps [start, stop) of the package's one loop (`training.loop`).
 
   Step s runs `step_fn(state, make_batch(s), fold_in(step_key, s))`, so batches and keys
-  depend on (seed, step) only and a resumed fit repeats an uninterrupted one.
+  depend on (seed, step) only and a resumed fit repeats an uninterrupted one. `on_step`
+  (step done, state, metrics) runs after every step (the resumable jobs checkpoint there).
 
   Returns:
-    (state, FitHistory): metrics {"step", ...} every `log_every` steps and at the end.
+    (state, FitHistory): the last step's metrics {"step", ...} every `log_every` steps and
+    at the end.
   """
-  history = FitHistory(metrics=[])
-  with tqdm.tqdm(total=stop, initial=start, disable=not progress, desc=desc) as bar:
-    for step in range(start, stop):
-      state, metrics = step_fn(state, make_batch(step), jax.random.fold_in(step_key, step))
-      if on_step is not None:
-        on_step(step + 1, state, metrics)
-      if (step + 1) % max(log_every, 1) == 0 or step + 1 == stop:
-        entry = {"step": step + 1, **{k: np.asarray(v).tolist()
-                                      for k, v in jax.device_get(metrics).items()}}
-        history.metrics.append(entry)
-        bar.set_postfix(**postfix(entry))
-      bar.update(1)
-  return state, history
+  actions = [] if on_step is None else [loop.Hook(on_step)]
+  result = loop.run_loop(
+      state, lambda st, b: step_fn(st, b[0], jax.random.fold_in(step_key, b[1])),
+      lambda step: (make_batch(step), step), start=start, num_steps=stop, log_every=log_every, actions=actions,
+      reduce="last", postfix=postfix, progress=progress, desc=desc)
+  for entry in result.history:
+    entry.pop("seconds")
+  return result.state, FitHistory(metrics=result.history)
 
 
 def rqvae_tokens(embeddings, model_config: rqvae.RqVaeConfig, params, *,

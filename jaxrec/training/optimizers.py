@@ -1,12 +1,16 @@
-"""Optimizers and learning-rate schedules of the generator trainer (optax only).
+"""The package's one optimizer factory (optax only): `OptimizerConfig` -> `make_optimizer`.
 
-"rsqrt" is TIGER's / T5's schedule: constant for `warmup_steps`, then inverse square root.
+Used by every fit: the generator and SASRec (TrainerConfig.optimizer), LightGCN
+(LightGcnTrainConfig.optimizer) and the tokenizer fits (RQ-VAE, fused RQ-VAE, DINO-RQ, whose
+train configs give their AdamW + warmup-cosine settings as an OptimizerConfig through
+`quantizers.training.optimizer_config`). "rsqrt" is TIGER's / T5's schedule: constant for
+`warmup_steps`, then inverse square root. Bottom layer: imports nothing of jaxrec.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import jax.numpy as jnp
 import optax
@@ -86,14 +90,20 @@ def make_schedule(config: OptimizerConfig) -> optax.Schedule:
   return optax.constant_schedule(config.learning_rate)
 
 
-def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
-  """The optax transformation (gradient clipping first when grad_clip > 0)."""
+def make_optimizer(config: OptimizerConfig, decay_mask: Optional[Callable] = None
+                   ) -> optax.GradientTransformation:
+  """The optax transformation (gradient clipping first when grad_clip > 0).
+
+  decay_mask: params -> a tree of bools, the leaves AdamW decays (default all; DINO-RQ
+  leaves out vectors and codebooks).
+  """
   schedule = make_schedule(config)
   if config.name == "adafactor":
     tx = optax.adafactor(learning_rate=schedule,
                          weight_decay_rate=config.weight_decay or None)
   else:
-    tx = optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
+    tx = optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay,
+                     mask=decay_mask)
   if config.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip), tx)
   return tx

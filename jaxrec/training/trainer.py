@@ -7,21 +7,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 import optax
-import tqdm
 
 from jaxrec import evaluation
-from jaxrec import files
 from jaxrec.data import batching
 from jaxrec.data.splits import LeaveOneOutSplit, TrainExamples
 from jaxrec.training import checkpoints
 from jaxrec.training import curves
+from jaxrec.training import loop
 from jaxrec.training import optimizers
 from jaxrec.training import partitioning
 from jaxrec.training import train_state as train_state_lib
@@ -34,8 +31,9 @@ WorkdirError = checkpoints.WorkdirError
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainerConfig:
-  """How the generator is trained.
+class TrainerConfig(loop.ValidatedFitConfig, loop.FitConfig):
+  """How the generator (and SASRec) is trained: the loop's fields (`loop.FitConfig`,
+  `loop.ValidatedFitConfig`, defaults redefined here) and the trainer's own.
 
   Attributes:
     num_steps: optimizer steps in total (a resumed run continues up to it).
@@ -210,6 +208,7 @@ class Trainer:
 RESUMABLE_FIELDS = ("num_steps", "eval_every", "checkpoint_every", "keep_checkpoints",
                     "log_every", "early_stopping_patience", "valid_users")
 _RESUMABLE = r"(TrainerConfig\.(%s)|MeshConfig\.\w+)\s*=" % "|".join(RESUMABLE_FIELDS)
+_RESUMABLE_NAMES = f"TrainerConfig.{{{','.join(RESUMABLE_FIELDS)}}} and MeshConfig"
 
 
 def check_workdir(workdir: str, fingerprint: str, config_text: Optional[str] = None) -> None:
@@ -219,41 +218,10 @@ def check_workdir(workdir: str, fingerprint: str, config_text: Optional[str] = N
   RESUMABLE_FIELDS and the mesh), checkpoints or `metrics.jsonl` entries with
   another fingerprint (`trajectory_fingerprint`).
   """
-  names = f"TrainerConfig.{{{','.join(RESUMABLE_FIELDS)}}} and MeshConfig"
-  checkpoints.check_run_dir(workdir, fingerprint, config_text, subdirs=("checkpoints", "best"),
-                            changeable_lines=_RESUMABLE, changeable_names=names)
-  for entry in files.read_jsonl(os.path.join(workdir, "metrics.jsonl")):
-    if entry.get("fingerprint", fingerprint) != fingerprint:
-      raise WorkdirError(f"{workdir}/metrics.jsonl was written by another run (fingerprint "
-                         f"{entry['fingerprint']!r}). Fix: use a new --workdir.")
-
-
-class MetricsLog:
-  """metrics.jsonl (process 0 writes); on resume, entries after the restored step are dropped."""
-
-  def __init__(self, path: str, resume_step: int):
-    self.path = path
-    self.enabled = jax.process_index() == 0
-    if self.enabled and os.path.isfile(path):
-      kept = [e for e in files.read_jsonl(path) if e.get("step", 0) <= resume_step]
-      files.write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
-
-  def write(self, entry: dict) -> None:
-    """Appends `entry` with "time" (Unix seconds: curves against wall-clock minutes)."""
-    if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps({**entry, "time": round(time.time(), 3)}) + "\n")
+  loop.check_run(workdir, fingerprint, config_text, _RESUMABLE, _RESUMABLE_NAMES)
 
 
 # ---------------------------------------------------------------------------- train
-
-
-def _valid_value(result: dict, metric: str) -> float:
-  overall = result["metrics"]["overall"]
-  if metric not in overall:
-    raise ValueError(f"TrainerConfig.valid_metric={metric!r} is not among the evaluated "
-                     f"metrics {sorted(overall)}. Fix: use e.g. 'ndcg@10' or 'recall@10'.")
-  return float(overall[metric]["mean"])
 
 
 def run_validation(trainer: Trainer, state: TrainState, split: LeaveOneOutSplit,
@@ -272,11 +240,7 @@ def run_validation(trainer: Trainer, state: TrainState, split: LeaveOneOutSplit,
 
 def _eval_options(metric: str, options: Optional[Mapping]) -> dict:
   options = dict(options or {})
-  try:
-    k = int(metric.split("@")[1])
-  except (IndexError, ValueError):
-    raise ValueError(f"TrainerConfig.valid_metric={metric!r} is not '<metric>@<k>'. "
-                     f"Fix: use e.g. 'ndcg@10'.") from None
+  k = loop.metric_k(metric, "TrainerConfig.valid_metric")
   options["ks"] = sorted(set(options.get("ks", (1, 5, 10, 20))) | {k})
   return options
 
@@ -289,27 +253,6 @@ def input_shapes(split: LeaveOneOutSplit, batch_fn: BatchFn, config: TrainerConf
     examples = split.train_examples(config.max_history)
   rows = config.batching.batch_size // jax.process_count()
   return {k: np.shape(v) for k, v in batch_fn(example_batch(examples, rows)).items()}
-
-
-def _validate(trainer: Trainer, state: TrainState, split: LeaveOneOutSplit,
-              make_recommender: MakeRecommender, options: dict, best: dict,
-              best_ckpt: checkpoints.Checkpointer, log: MetricsLog) -> None:
-  """Validates, logs, saves a new best, counts evals without one (updates `best` in place)."""
-  config, step = trainer.config, int(state.step)
-  result = run_validation(trainer, state, split, make_recommender, **options)
-  value = _valid_value(result, config.valid_metric)
-  log.write({"step": step, "event": "eval", "split": "valid", "seconds": result["seconds"],
-             **{f"valid/{k}": v["mean"] for k, v in result["metrics"]["overall"].items()}})
-  if best["best_value"] is None or value > best["best_value"]:
-    best.update(best_step=step, best_value=value, evals_since_best=0)
-    best_ckpt.save(step, state, {"valid_metric": config.valid_metric, "value": value},
-                   force=True)
-    return
-  best["evals_since_best"] += 1
-  patience = config.early_stopping_patience
-  if patience and best["evals_since_best"] >= patience:
-    best["stopped_early"] = True
-    log.write({"step": step, "event": "early_stop", **best})
 
 
 def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: TrainerConfig,
@@ -360,79 +303,55 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
     checkpoints.UnreadableCheckpointError: no checkpoint of the workdir reads (a damaged
       newest one is moved aside and the run resumes from an older one instead).
   """
-  started = time.perf_counter()
   fp = trajectory_fingerprint(config, fingerprint)
-  check_workdir(workdir, fp, config_text)
+  run = loop.RunFolder(workdir, fp, config_text, config.keep_checkpoints, "training run",
+                       _RESUMABLE, _RESUMABLE_NAMES)
+  run.check()
   options = _eval_options(config.valid_metric, eval_options)
   if examples is None:
     examples = split.train_examples(config.max_history)
   trainer = Trainer(model, config, input_shapes(split, batch_fn, config, examples), devices)
-  # One process per workdir (a second is refused with WorkdirError).
-  with checkpoints.workdir_lock(workdir, "training run"):
-    if config_text is not None and jax.process_index() == 0:
-      files.write_text(os.path.join(workdir, "config.gin"), config_text)
-    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), fp,
-                                    max_to_keep=config.keep_checkpoints)
-    best_ckpt = checkpoints.Checkpointer(os.path.join(workdir, "best"), fp, max_to_keep=1,
-                                         async_save=False)
-    try:
-      if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(trainer.abstract_state)
-      else:
-        state, meta = trainer.init_state(), {}
-      step = int(state.step)
-      earlier = float(meta.get("train_seconds", 0.0))  # Earlier runs' training time.
-      best_ckpt.delete_after(step)  # a best saved after the restored step (killed run).
-      best = {"best_step": meta.get("best_step"), "best_value": meta.get("best_value"),
-              "evals_since_best": meta.get("evals_since_best", 0),
-              "stopped_early": meta.get("stopped_early", False)}
-      log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), step)
-      log.write({"step": step, "event": "start" if step == 0 else "resume", "fingerprint": fp,
-                 "devices": jax.device_count(), "processes": jax.process_count(),
-                 "mesh": dict(trainer.mesh.shape)})
-      # The host conversion runs in the iterator's prefetch threads (overlapping the step).
-      it = batching.train_iterator(examples, config.batching, state=meta.get("data_state"),
-                                   transform=batch_fn)
-      pending, window_start, last_loss = [], time.perf_counter(), None
-      bar = tqdm.tqdm(total=config.num_steps, initial=step, unit="step", desc="train",
-                      disable=not progress or jax.process_index() != 0)
-      while step < config.num_steps and not best["stopped_early"]:
-        state, metrics = trainer.step(state, next(it))
-        step += 1
-        pending.append(metrics)
-        last = step == config.num_steps
-        if step % config.log_every == 0 or last:
-          values = jax.device_get(pending)
-          seconds = time.perf_counter() - window_start
-          entry = {"step": step, **{k: float(np.mean([v[k] for v in values])) for k in values[0]},
-                   "examples_per_s": len(values) * config.batching.batch_size / max(seconds, 1e-9),
-                   "lr": float(trainer.schedule(step - 1))}
-          log.write(entry)
-          last_loss = entry["loss"]
-          bar.set_postfix(loss=f"{entry['loss']:.4f}", ex_s=f"{entry['examples_per_s']:.0f}")
-          pending, window_start = [], time.perf_counter()
-        bar.update(1)
-        if make_recommender is not None and (
-            last or (config.eval_every and step % config.eval_every == 0)):
-          _validate(trainer, state, split, make_recommender, options, best, best_ckpt, log)
-          window_start = time.perf_counter()
-        if last or best["stopped_early"] or step % config.checkpoint_every == 0:
-          ckpt.save(step, state, {"data_state": it.get_state(), **best,
-                                  "train_seconds": earlier + time.perf_counter() - started},
-                    force=True)
-        if on_step is not None:
-          on_step(step, state)
-      bar.close()
-    finally:
-      ckpt.close()
-      best_ckpt.close()
-    run_seconds = time.perf_counter() - started
-    summary = {"step": step, "valid_metric": config.valid_metric, "loss": last_loss,
-               "seconds": earlier + run_seconds, "run_seconds": run_seconds, **best}
-    log.write({"step": step, "event": "end", **{k: v for k, v in summary.items() if k != "step"}})
-    if jax.process_index() == 0:
-      curves.plot_validation_curve(workdir, config.valid_metric)  # valid_curve.png
-    return summary
+  with run:  # one process per workdir (a second is refused with WorkdirError)
+    state, meta = run.resume(trainer.init_state, lambda: trainer.abstract_state)
+    step = int(state.step)
+    best = loop.best_record(meta)
+    run.log.write({"step": step, "event": "start" if step == 0 else "resume",
+                   "fingerprint": fp, "devices": jax.device_count(),
+                   "processes": jax.process_count(), "mesh": dict(trainer.mesh.shape)})
+    # The host conversion runs in the iterator's prefetch threads (overlapping the step).
+    it = batching.train_iterator(examples, config.batching, state=meta.get("data_state"),
+                                 transform=batch_fn)
+    actions = []
+    if make_recommender is not None:
+      actions.append(loop.Validate(
+          config.eval_every,
+          lambda s: run_validation(trainer, s, split, make_recommender, **options),
+          config.valid_metric, config.early_stopping_patience, best,
+          lambda step, s, value: run.best.save(
+              step, s, {"valid_metric": config.valid_metric, "value": value}, force=True),
+          run.log))
+    actions.append(loop.Checkpoint(run.latest, config.checkpoint_every, lambda step: {
+        "data_state": it.get_state(), **best, "train_seconds": run.seconds()}))
+    if on_step is not None:
+      actions.append(loop.Hook(lambda step, s, metrics: on_step(step, s)))
+    if best["stopped_early"]:
+      result = loop.LoopResult(state, step, [], True)
+    else:
+      result = loop.run_loop(
+          state, trainer.step, lambda _: next(it), start=step, num_steps=config.num_steps,
+          log_every=config.log_every, actions=actions, log=run.log,
+          rate=("examples_per_s", config.batching.batch_size),
+          extras=lambda s: {"lr": float(trainer.schedule(s - 1))},
+          postfix=lambda e: {"loss": f"{e['loss']:.4f}", "ex_s": f"{e['examples_per_s']:.0f}"},
+          progress=progress)
+  last_loss = result.history[-1]["loss"] if result.history else meta.get("loss")
+  summary = {"step": result.step, "valid_metric": config.valid_metric, "loss": last_loss,
+             "seconds": run.seconds(), "run_seconds": run.run_seconds(), **best}
+  run.log.write({"step": result.step, "event": "end",
+                 **{k: v for k, v in summary.items() if k != "step"}})
+  if jax.process_index() == 0:
+    curves.plot_validation_curve(workdir, config.valid_metric)  # valid_curve.png
+  return summary
 
 
 def restore_state(trainer: Trainer, workdir: str, fingerprint: str,

@@ -114,7 +114,9 @@ def test_kill_and_resume_gives_the_uninterrupted_losses_and_batches(split, tmp_p
   assert again["step"] == 6
   assert again["seconds"] == pytest.approx(_meta(tmp_path / "run", 6)["train_seconds"]
                                            + again["run_seconds"])
-  assert again["seconds"] >= summary["seconds"] - 1.0  # the summary's tail after the save
+  # The last checkpoint holds the total up to its save (the summary adds the closing tail),
+  # and the rerun starts from it: no wall-clock margin needed.
+  assert killed_seconds < _meta(tmp_path / "run", 6)["train_seconds"] <= summary["seconds"]
   assert sorted(_losses(tmp_path / "run")) == list(range(1, 7))
 
 
