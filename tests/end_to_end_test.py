@@ -55,8 +55,8 @@ def _statuses(summary):
 
 def test_pipeline_builds_skips_and_reruns_after_a_tokenizer_change(tmp_path, capsys):
   first = _run(tmp_path)
-  assert _statuses(first) == {s: "ran" for s in ("embeddings", "semantic_ids", "generator",
-                                                 "evaluation")}
+  assert _statuses(first) == {s: "ran" for s in ("baselines", "embeddings", "semantic_ids",
+                                                 "generator", "evaluation")}
   emb = np.load(tmp_path / "embeddings" / "item_embeddings.npy")
   assert emb.shape == (60, 384) and emb.dtype == np.float32
   sidecar = json.loads((tmp_path / "embeddings" / "item_embeddings.json").read_text())
@@ -81,13 +81,14 @@ def test_pipeline_builds_skips_and_reruns_after_a_tokenizer_change(tmp_path, cap
             and p.name not in ("results.md", "pipeline_summary.json", "config.gin")}
   second = _run(tmp_path)
   assert set(_statuses(second).values()) == {"skipped"}
-  assert capsys.readouterr().out.count("skipped: up to date") == 4
+  assert capsys.readouterr().out.count("skipped: up to date") == 5
   assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
   assert second["metrics"] == first["metrics"]
 
   # A changed tokenizer binding rebuilds the IDs and everything after them.
   third = _run(tmp_path, ["rqvae.RqVaeConfig.codebook_size = 4"])
-  assert _statuses(third) == {"embeddings": "skipped", "semantic_ids": "ran",
+  assert _statuses(third) == {"baselines": "skipped", "embeddings": "skipped",
+                              "semantic_ids": "ran",
                               "generator": "ran", "evaluation": "ran"}
   assert np.load(tmp_path / "semantic_ids" / "semantic_ids.npy")[:, :3].max() < 4
   moved = sorted(p.name.split("-")[0] for p in (tmp_path / "superseded").iterdir())
@@ -123,7 +124,7 @@ def test_stage_config_counts_gin_only_arguments_but_not_resumable_fields():
 
 
 def test_run_gin_files_select_their_jobs():
-  for path, name in [("gin_configs/runs/baselines.gin", "evaluate_baselines"),
+  for path, name in [("gin_configs/runs/baselines.gin", "run_system"),
                      ("gin_configs/papers/tiger.gin", "run_system")]:
     configs.parse([path], ["WORKDIR = '/tmp/w'"])
     assert configs.selected_job().__name__ == name

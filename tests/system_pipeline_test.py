@@ -89,8 +89,8 @@ def _check_metrics(workdir, summary):
 def test_letter_aligns_the_text_ids_with_sasrec(tmp_path, cache):
   summary = _run(["gin_configs/papers/letter.gin", DATA], tmp_path, cache, SASREC)
   assert summary["system"] == "LETTER" and summary["modalities"] == ["text", "collab"]
-  assert set(summary["stages"]) == {"embeddings", "collaborative", "semantic_ids", "generator",
-                                    "evaluation"}
+  assert set(summary["stages"]) == {"baselines", "embeddings", "collaborative", "semantic_ids",
+                                    "generator", "evaluation"}
   stats = json.loads((_ids_dir(summary) / "tokenizer_stats.json").read_text())
   assert stats["align_targets"].endswith("item_embeddings.npy")
   assert stats["collision_strategy"] == "sinkhorn" and stats["after"]["collision_rate"] == 0
@@ -125,7 +125,7 @@ MUSICREC = SASREC + _fused_tiny("musicrec") + [
 def test_cemg_fuses_text_image_and_lightgcn(tmp_path, cache):
   summary = _run(["gin_configs/papers/cemg.gin", DATA], tmp_path, cache, CEMG)
   assert summary["system"] == "CEMG" and summary["modalities"] == ["text", "image", "collab"]
-  assert list(summary["stages"]) == ["embeddings", "image_features", "collaborative",
+  assert list(summary["stages"]) == ["baselines", "embeddings", "image_features", "collaborative",
                                      "semantic_ids", "generator", "evaluation"]
   image = np.load(summary["features"]["image"])
   assert image.shape == (60, 1280) and np.abs(image).sum(1).min() > 0  # Every item has one.

@@ -151,7 +151,8 @@ def test_two_run_sweep_writes_reports_and_skips_finished_runs(tmp_path, capsys):
   test_rows = {(r["run"], r["model"]): r for r in rows if r["split"] == "test"}
   assert len(test_rows) == 6 and sum(r["split"] == "valid" for r in rows) == 6
   for (run, model), row in test_rows.items():
-    m = json.loads((out / run / model / "test_metrics.json").read_text())["metrics"]["overall"]
+    m = json.loads((out / run / "baselines" / model / "test_metrics.json").read_text())[
+        "metrics"]["overall"]
     for name in sweep.DEFAULT_METRICS:
       assert float(row[name]) == pytest.approx(m[name]["mean"])
       assert float(row[f"{name}_low"]) == pytest.approx(m[name]["ci_low"])

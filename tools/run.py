@@ -1,8 +1,8 @@
 """Run the job the gin files select: `python tools/run.py --gin_file=... --workdir=...`.
 
-The run gin file names its job with the macro JOB (e.g. `JOB = @baselines_job.evaluate_baselines`
-in gin_configs/runs/baselines.gin, the default; `JOB = @system_pipeline.run_system` in
-gin_configs/runs/system.gin, which every gin_configs/papers/*.gin generative system includes). t5x-style flags: repeated --gin_file (later files override
+The run gin file names its job with the macro JOB: `JOB = @system_pipeline.run_system` in
+gin_configs/runs/baselines.gin (the default: the "baselines" stage alone) and in
+gin_configs/runs/system.gin, which every gin_configs/papers/*.gin system includes. t5x-style flags: repeated --gin_file (later files override
 earlier ones) and --gin.BINDING=value overrides; the operative config is saved in the workdir.
 """
 

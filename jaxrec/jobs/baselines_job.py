@@ -1,18 +1,17 @@
 """The baselines job (data -> split -> fit -> full-ranking evaluation): random, most-popular,
 co-occurrence.
 
-Each stage writes its artifact under the workdir and is skipped when the
-artifact for the same configuration already exists (its fingerprint matches).
+It always computes (jobs never skip themselves): the pipeline's "baselines" stage
+(`pipeline/system.py`, every system run and gin_configs/runs/baselines.gin) skips it when
+its folder holds the result of the same configuration.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
 import time
-from typing import Optional, Sequence
+from typing import Sequence
 
 from jaxrec import evaluation
 from jaxrec.evaluation import EvalConfig
@@ -25,13 +24,6 @@ from jaxrec.data.splits import leave_one_out
 BASELINES = ("random", "most_popular", "cooccurrence")
 
 
-def fingerprint(*configs) -> str:
-  """A short stable hash of dataclass configs (which artifacts they produce)."""
-  blob = json.dumps([dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c
-                     for c in configs], sort_keys=True, default=str)
-  return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def _make_baseline(name: str, split, seed: int):
   if name == "random":
     return heuristics.RandomRecommender(split.num_items, seed=seed)
@@ -41,14 +33,6 @@ def _make_baseline(name: str, split, seed: int):
     return heuristics.CoOccurrence.fit(split)
   raise DataError(f"unknown baseline {name!r}",
                   fix=f"bind evaluate_baselines.baselines to names from {BASELINES}.")
-
-
-def _read_if_fresh(path: str, fp: str) -> Optional[dict]:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    result = json.load(f)
-  return result if result.get("fingerprint") == fp else None
 
 
 def evaluate_baselines(workdir: str, dataset: DatasetConfig = DatasetConfig(),
@@ -80,19 +64,12 @@ def evaluate_baselines(workdir: str, dataset: DatasetConfig = DatasetConfig(),
           f"{time.perf_counter() - started:.1f}s)")
   results = {}
   for name in baselines:
-    fp = fingerprint(dataset, eval_config, name, seed)
     results[name] = {}
-    model = None
+    fit_start = time.perf_counter()
+    model = _make_baseline(name, split, seed)
+    fit_seconds = time.perf_counter() - fit_start
     for which in eval_config.splits:
       path = os.path.join(workdir, name, f"{which}_metrics.json")
-      cached = _read_if_fresh(path, fp)
-      if cached is not None:
-        results[name][which] = cached
-        continue
-      if model is None:
-        fit_start = time.perf_counter()
-        model = _make_baseline(name, split, seed)
-        fit_seconds = time.perf_counter() - fit_start
       result = evaluation.evaluate(
           model, split, which=which, ks=eval_config.ks, batch_size=eval_config.batch_size,
           max_history=eval_config.max_history, exclude_history=eval_config.exclude_history,
@@ -100,7 +77,7 @@ def evaluate_baselines(workdir: str, dataset: DatasetConfig = DatasetConfig(),
           num_bootstrap=eval_config.num_bootstrap, seed=seed, progress=progress)
       result = {k: v for k, v in result.items()
                 if k not in ("ranks", "users", "targets", "is_cold")}
-      result.update(model=name, fingerprint=fp, fit_seconds=fit_seconds)
+      result.update(model=name, fit_seconds=fit_seconds)
       evaluation.write_json(result, path)
       results[name][which] = result
   table = results_table(results, data.name, eval_config)
@@ -108,6 +85,17 @@ def evaluate_baselines(workdir: str, dataset: DatasetConfig = DatasetConfig(),
   if progress:
     print(table)
   return results
+
+
+REFERENCE_BASELINES = ("most_popular", "cooccurrence")
+
+
+def evaluate_reference_baselines(workdir: str, dataset: DatasetConfig = DatasetConfig(),
+                                 progress: bool = True) -> dict:
+  """Most-popular and co-occurrence on the test split: what every system run's results.md
+  shows beside its model (the same users)."""
+  return evaluate_baselines(workdir, dataset, EvalConfig(splits=("test",)),
+                            baselines=REFERENCE_BASELINES, progress=progress)
 
 
 def results_table(results: dict, dataset_name: str, eval_config: EvalConfig,

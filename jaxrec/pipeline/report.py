@@ -8,8 +8,6 @@ from typing import Any, Optional, Sequence
 
 from jaxrec import files
 from jaxrec.data.config import DatasetConfig
-from jaxrec.evaluation import EvalConfig
-from jaxrec.jobs import baselines_job
 from jaxrec.pipeline.stage import StageResult, canonical, duration
 
 TABLE_METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
@@ -17,18 +15,23 @@ RESULTS = "results.md"
 
 
 def report(workdir: str, dataset: DatasetConfig, results: Sequence[StageResult],
-           progress: bool = True, model_stage: str = "generator",
+           progress: bool = True, model_stage: Optional[str] = "generator",
            extra: Optional[dict] = None) -> dict:
   """The summary fields of a system run (metrics, baselines, curve, `extra`); writes
-  `<workdir>/results.md`. `model_stage` names the trained model's stage and table row."""
+  `<workdir>/results.md`. `model_stage` names the trained model's stage and table row
+  (None: a run of the "baselines" stage alone, whose rows make the table)."""
   trained = [r for r in results if r.name == model_stage]
   train_summary = (files.read_json(trained[0].path("train_summary.json")) or {}) if trained else {}
+  by_name = {r.name: r for r in results}
   summary = {"dataset": dataset.name, "dataset_config": canonical(dataset),
-             "trained_steps": train_summary.get("step"),
-             "model": model_stage, "metrics": _metrics(results[-1]), **(extra or {})}
-  summary["baselines"] = reference_baselines(workdir, dataset)
-  curve = os.path.join(workdir, model_stage, "valid_curve.png")
-  if os.path.isfile(curve):
+             "trained_steps": train_summary.get("step"), "model": model_stage,
+             "metrics": _metrics(results[-1]) if model_stage else {}, **(extra or {})}
+  summary["baselines"] = baseline_metrics(by_name["baselines"]) if "baselines" in by_name else {}
+  if model_stage is None:  # the baselines are the table's rows, on the test split's users
+    summary["metrics"] = {"test": {"num_examples": next(iter(summary["baselines"].values()), {})
+                                   .get("num_examples")}} if summary["baselines"] else {}
+  curve = os.path.join(workdir, model_stage or "", "valid_curve.png")
+  if model_stage and os.path.isfile(curve):
     summary["valid_curve"] = curve
   table = results_markdown({**summary, "workdir": os.path.abspath(workdir),
                             "stages": {r.name: vars(r) for r in results},
@@ -39,16 +42,18 @@ def report(workdir: str, dataset: DatasetConfig, results: Sequence[StageResult],
   return summary
 
 
-REFERENCE_BASELINES = ("most_popular", "cooccurrence")
-
-
-def reference_baselines(workdir: str, dataset: DatasetConfig) -> dict:
-  """{baseline: test metrics JSON} of most-popular and co-occurrence on the same test users
-  (`baselines_job.evaluate_baselines` into <workdir>/baselines, cached there; seconds)."""
-  results = baselines_job.evaluate_baselines(
-      os.path.join(workdir, "baselines"), dataset, EvalConfig(splits=("test",)),
-      baselines=REFERENCE_BASELINES, progress=False)
-  return {name: {"overall": r["test"]["metrics"]["overall"]} for name, r in results.items()}
+def baseline_metrics(stage: StageResult, which: str = "test") -> dict:
+  """{baseline: {"overall": the table's metrics, "num_examples"}} of the "baselines" stage's
+  `<baseline>/<which>_metrics.json` files."""
+  out = {}
+  for name, path in sorted(stage.artifacts.items()):
+    parts = name.split("/")
+    result = files.read_json(path) if parts[-1] == f"{which}_metrics.json" else None
+    if result and len(parts) == 2:
+      overall = (result.get("metrics") or {}).get("overall", {})
+      out[parts[0]] = {"overall": {k: v for k, v in overall.items() if k in TABLE_METRICS},
+                       "num_examples": result.get("num_examples")}
+  return out
 
 
 def _metrics(evaluation: StageResult) -> dict:
@@ -76,13 +81,16 @@ def results_markdown(summary: dict, which: str = "test") -> str:
         f"; {name} absent ({why})" for name, why in sorted(absent.items())) + ".", ""]
   m = summary["metrics"].get(which)
   if m:
-    lines += [f"{which} split, full ranking, {m.get('num_examples')} users, checkpoint step "
-              f"{m.get('checkpoint_step')}, decoding: {_decoding(m.get('decoding'))}; mean "
-              "(95% bootstrap CI)", "",
+    model = summary.get("model")
+    lines += [f"{which} split, full ranking, {m.get('num_examples')} users"
+              + (f", checkpoint step {m.get('checkpoint_step')}, decoding: "
+                 f"{_decoding(m.get('decoding'))}" if model else "")
+              + "; mean (95% bootstrap CI)", "",
               "| model | " + " | ".join(TABLE_METRICS) + " |",
-              "|---" * (len(TABLE_METRICS) + 1) + "|",
-              f"| {summary.get('model') or 'generator'} | "
-              + " | ".join(_cell(m["overall"].get(k)) for k in TABLE_METRICS) + " |"]
+              "|---" * (len(TABLE_METRICS) + 1) + "|"]
+    if model:
+      lines.append(f"| {model} | " + " | ".join(_cell(m["overall"].get(k))
+                                               for k in TABLE_METRICS) + " |")
     for name, b in sorted((summary.get("baselines") or {}).items()):
       lines.append(f"| {name} | " + " | ".join(_cell(b["overall"].get(k))
                                                for k in TABLE_METRICS) + " |")

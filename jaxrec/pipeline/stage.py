@@ -153,9 +153,9 @@ class StageResult:
     seconds: wall time in this run.
     build_seconds: wall time of the run that built the artifacts.
     fingerprint: the stage's fingerprint.
-    artifacts: {file name: path}.
+    artifacts: {file name relative to the folder: path}.
     folder: the stage folder.
-    digests: {file name: SHA-256} of the artifacts.
+    digests: {file name relative to the folder: SHA-256} of the artifacts.
     provided: the digests of the artifacts the stage `provides` (what later stages hash).
     superseded: where an older configuration's folder was moved, if it was.
   """
@@ -265,10 +265,9 @@ def _run_locked(base: str, stage: Stage, folder: str, fp: str, inputs, progress:
       marker.get("settings", {}) == settings and _artifacts_intact(folder, marker)):
     if progress:
       print(f"{index} {name}: skipped: up to date ({folder})", flush=True)
-    digests = {os.path.basename(p): d for p, d in marker["artifacts_sha256"].items()}
+    digests = dict(marker["artifacts_sha256"])
     return StageResult(name, "skipped", 0.0, marker.get("seconds", 0.0), fp,
-                       {os.path.basename(p): os.path.join(folder, p)
-                        for p in sorted(marker["artifacts_sha256"])}, folder, digests)
+                       {p: os.path.join(folder, p) for p in sorted(digests)}, folder, digests)
   moved = None
   if marker and marker.get("fingerprint") != fp and os.path.isdir(folder):
     if stage.keep_old:
@@ -300,8 +299,7 @@ def _run_locked(base: str, stage: Stage, folder: str, fp: str, inputs, progress:
   if progress:
     print(f"{index} {name}: done in {duration(seconds)} -> {folder}", flush=True)
   return StageResult(name, "ran", seconds, seconds, fp,
-                     {os.path.basename(p): p for p in paths}, folder,
-                     {os.path.basename(r): d for r, d in relative.items()}, moved)
+                     {os.path.relpath(p, folder): p for p in paths}, folder, relative, moved)
 
 
 def duration(seconds: float) -> str:

@@ -30,6 +30,7 @@ from jaxrec import configs
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.encoders import text
+from jaxrec.jobs import baselines_job as baselines_lib
 from jaxrec.jobs import generator_job
 from jaxrec.jobs import image_job
 from jaxrec.jobs import item_job
@@ -69,6 +70,23 @@ def resumable_settings(job: Callable, passed: Mapping) -> dict:
     if fields and dataclasses.is_dataclass(value):
       out[name] = {k: getattr(value, k) for k in fields if k != "mesh"}
   return out
+
+
+def baselines_stage(dataset: DatasetConfig, job: Callable[..., dict], progress: bool) -> Stage:
+  """The "baselines" stage (<workdir>/baselines): `job(workdir=, dataset=, progress=)` writes
+  <baseline>/<split>_metrics.json (default most-popular and co-occurrence on the test split,
+  the rows results.md shows beside the model; gin_configs/runs/baselines.gin binds
+  `baselines_job.evaluate_baselines` with its own list)."""
+  passed = {"dataset": dataset}
+  func = getattr(job, "__wrapped__", job)
+  name = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', '?')}"
+
+  def evaluate(folder, inputs):
+    del inputs
+    results = job(workdir=folder, progress=progress, **passed)
+    return [os.path.join(folder, baseline, f"{which}_metrics.json")
+            for baseline, splits in results.items() for which in splits]
+  return Stage("baselines", evaluate, {"job": name, **job_config(job, passed)})
 
 
 def effective_modalities(modalities: Sequence[str], has_images: bool) -> tuple:
@@ -181,9 +199,10 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
                image_features: bool = False, image_encoder: str = "efficientnet_lite0",
                collaborative: Optional[Callable[..., dict]] = None,
                semantic_ids_job: Optional[Callable[..., dict]] = None,
-               train_job: Callable[..., dict] = generator_job.train_generator,
-               eval_job: Callable[..., dict] = generator_job.evaluate_generator,
+               train_job: Optional[Callable[..., dict]] = generator_job.train_generator,
+               eval_job: Optional[Callable[..., dict]] = generator_job.evaluate_generator,
                model_stage: str = "generator", feature_cache: Optional[str] = None,
+               baselines_job: Callable[..., dict] = baselines_lib.evaluate_reference_baselines,
                progress: bool = True) -> dict:
   """Features -> semantic IDs -> generator -> test metrics, in `workdir`; or, with no
   modalities and no IDs job, a collaborative model (SASRec, LightGCN) -> test metrics.
@@ -219,6 +238,9 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
       `semantic_ids_path` when there are no IDs: e.g. `sasrec_job.evaluate_sasrec`).
     model_stage: the model stage's name and folder ("generator"; "sasrec", "lightgcn").
     feature_cache: a folder to share the feature and ID stages between runs.
+    baselines_job: `baselines_job(workdir=, dataset=, progress=)`, the "baselines" stage
+      (`baselines_stage`): the reference rows of results.md; with no modalities, no IDs
+      job and no train_job the run is this stage alone (gin_configs/runs/baselines.gin).
     progress: progress bars and one status line per stage.
 
   Returns:
@@ -229,18 +251,26 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
     DataError: bad modalities, a missing job for a used modality, bad input files.
   """
   if not modalities and semantic_ids_job is None:  # SASRec, LightGCN: no features, no IDs.
-    stages = model_stages(dataset, train_job, eval_job, progress, model_stage, with_ids=False)
+    stages = [] if train_job is None else model_stages(dataset, train_job, eval_job, progress,
+                                                       model_stage, with_ids=False)
     used, absent = (), {}
   else:
     used, absent = effective_modalities(modalities, has_images)
     stages = _generative_stages(dataset, used, text_encoder, encoder_model_dir,
                                 encoder_batch_size, encoder_max_length, image_features,
                                 image_encoder, collaborative, semantic_ids_job, progress)
+    if train_job is None or eval_job is None:
+      raise DataError("a generative configuration needs a training and an evaluation job",
+                      path="system_pipeline.run_system.train_job",
+                      fix="bind train_job / eval_job (gin_configs/runs/system.gin does).")
     stages += model_stages(dataset, train_job, eval_job, progress, model_stage)
+
+  stages.insert(0, baselines_stage(dataset, baselines_job, progress))
 
   def report(results: Sequence[StageResult]) -> dict:
     features = _features({r.name: r for r in results if r.name in FEATURE_STAGES})
-    return report_lib.report(workdir, dataset, results, progress, model_stage, extra={
+    return report_lib.report(workdir, dataset, results, progress,
+                             model_stage if train_job is not None else None, extra={
         "system": system, "modalities": list(used), "absent_modalities": absent,
         "features": features, "training_seconds": {r.name: r.build_seconds for r in results}})
   return run_pipeline(workdir, stages, feature_cache, progress, report)

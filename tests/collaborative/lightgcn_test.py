@@ -296,15 +296,15 @@ def test_gin_job_trains_evaluates_skips_resumes_and_exports(tmp_path):
     finally:
       configs.clear()
   summary = job()
-  assert {n: s["status"] for n, s in summary["stages"].items()} == {"lightgcn": "ran",
-                                                                     "evaluation": "ran"}
+  assert {n: s["status"] for n, s in summary["stages"].items()} == {
+      "baselines": "ran", "lightgcn": "ran", "evaluation": "ran"}
   assert json.load(open(os.path.join(workdir, "train_summary.json")))["epoch"] == 2
   assert "| lightgcn |" in open(os.path.join(run, "results.md")).read()
   assert {s["status"] for s in job()["stages"].values()} == {"skipped"}
   # More epochs: the model stage runs again in its folder (it resumes), then the evaluation.
   summary = job(epochs=3)
-  assert {n: s["status"] for n, s in summary["stages"].items()} == {"lightgcn": "ran",
-                                                                     "evaluation": "ran"}
+  assert {n: s["status"] for n, s in summary["stages"].items()} == {
+      "baselines": "skipped", "lightgcn": "ran", "evaluation": "ran"}
   assert json.load(open(os.path.join(workdir, "train_summary.json")))["epoch"] == 3
   config = lightgcn.LightGcnConfig(embed_dim=16)
   train = lightgcn_job.LightGcnTrainConfig(  # lightgcn.gin's Adam lr is 5e-3.

@@ -1,4 +1,5 @@
-"""The baselines job through gin: artifacts, skipping on rerun, and the ordering of baselines."""
+"""The baselines job: artifacts, the ordering of baselines, and (through the engine's
+"baselines" stage, gin_configs/runs/baselines.gin) skipping on rerun."""
 
 import json
 import os
@@ -44,20 +45,43 @@ def test_baselines_on_synthetic_cooccurrence_beats_popular_beats_random(tmp_path
   assert stats["users"] == 800 and stats["items"] == 400
 
 
-def test_rerun_skips_finished_stage_and_config_change_reruns(tmp_path):
+def test_the_job_always_computes_and_the_engine_stage_skips_and_reruns(tmp_path):
+  """Jobs never skip themselves; run_system's "baselines" stage skips an up-to-date result
+  and reruns when a binding of the job changes."""
+  from jaxrec.pipeline import system  # pylint: disable=g-import-not-at-top
   dataset = DatasetConfig(name="synthetic", options={"num_items": 60, "num_users": 80,
                                                      "image_size": 16})
   cfg = evaluation.EvalConfig(num_bootstrap=10)
-  baselines_job.evaluate_baselines(str(tmp_path), dataset, cfg, baselines=("most_popular",),
-                              progress=False)
-  path = tmp_path / "most_popular" / "test_metrics.json"
+  baselines_job.evaluate_baselines(str(tmp_path / "job"), dataset, cfg,
+                                   baselines=("most_popular",), progress=False)
+  path = tmp_path / "job" / "most_popular" / "test_metrics.json"
   first = path.stat().st_mtime_ns
-  baselines_job.evaluate_baselines(str(tmp_path), dataset, cfg, baselines=("most_popular",),
-                              progress=False)
-  assert path.stat().st_mtime_ns == first
-  baselines_job.evaluate_baselines(str(tmp_path), dataset, evaluation.EvalConfig(
-      num_bootstrap=10, exclude_history=True), baselines=("most_popular",), progress=False)
-  assert json.loads(path.read_text())["exclude_history"] is True
+  baselines_job.evaluate_baselines(str(tmp_path / "job"), dataset, cfg,
+                                   baselines=("most_popular",), progress=False)
+  assert path.stat().st_mtime_ns != first  # the job itself recomputes
+
+  def run():
+    return system.run_system(str(tmp_path / "run"), dataset, modalities=(),
+                             semantic_ids_job=None, train_job=None, eval_job=None,
+                             progress=False, **bindings)
+  configs.parse(["gin_configs/runs/baselines.gin"], ["WORKDIR = '/unused'",
+                                                     "evaluation.EvalConfig.num_bootstrap = 10"])
+  bindings = {"baselines_job": configs.bound_arguments(system.run_system)["baselines_job"]}
+  summary = run()
+  assert summary["stages"]["baselines"]["status"] == "ran"
+  assert set(summary["baselines"]) == set(baselines_job.BASELINES)
+  saved = tmp_path / "run" / "baselines" / "most_popular" / "test_metrics.json"
+  first = saved.stat().st_mtime_ns
+  assert run()["stages"]["baselines"]["status"] == "skipped"
+  assert saved.stat().st_mtime_ns == first
+  table = (tmp_path / "run" / "results.md").read_text()
+  assert "| cooccurrence |" in table and "| random |" in table
+  configs.parse(["gin_configs/runs/baselines.gin"], [
+      "WORKDIR = '/unused'", "evaluation.EvalConfig.num_bootstrap = 10",
+      "evaluation.EvalConfig.exclude_history = True"])
+  bindings = {"baselines_job": configs.bound_arguments(system.run_system)["baselines_job"]}
+  assert run()["stages"]["baselines"]["status"] == "ran"
+  assert json.loads(saved.read_text())["exclude_history"] is True
 
 
 def test_unknown_baseline_is_named(tmp_path):
@@ -77,8 +101,9 @@ def test_gin_run_tool_end_to_end(tmp_path):
   operative = (tmp_path / "config.gin").read_text()
   assert "num_bootstrap = 20" in operative
   assert "'num_items': 60" in operative
-  saved = json.loads((tmp_path / "cooccurrence" / "test_metrics.json").read_text())
+  saved = json.loads((tmp_path / "baselines" / "cooccurrence" / "test_metrics.json").read_text())
   assert saved["num_examples"] == 80
+  assert "| cooccurrence |" in (tmp_path / "results.md").read_text()
 
 
 def test_bad_gin_file_and_missing_binding_are_named(tmp_path):
