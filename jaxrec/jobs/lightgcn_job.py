@@ -338,16 +338,15 @@ def train_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),
     if on_epoch is not None:
       actions.append(lambda st, info: on_epoch(info.step // spe, st) if (
           info.step % spe == 0) else None)
-    result = loop.LoopResult(state, step, [], True)
-    if not best["stopped_early"]:
-      result = loop.run_loop(
-          state, lambda st, batch: step_fn(st, graph, *batch, rng), batches, start=step,
-          num_steps=tc.num_epochs * spe, log_every=spe, actions=actions, log=run.log,
-          rate=("pairs_per_s", tc.batch_size), extras=epoch_of,
-          postfix=lambda e: {"epoch": e["epoch"], "loss": f"{e['loss']:.4f}",
-                             **({tc.valid_metric: f"{validate_action.last_value:.4f}"}
-                                if validate_action.last_value is not None else {})},
-          progress=progress, desc="lightgcn")
+    # A run that stopped early is finished: the loop runs no step.
+    result = loop.run_loop(
+        state, lambda st, batch: step_fn(st, graph, *batch, rng), batches, start=step,
+        num_steps=step if best["stopped_early"] else tc.num_epochs * spe, log_every=spe,
+        actions=actions, log=run.log, rate=("pairs_per_s", tc.batch_size), extras=epoch_of,
+        postfix=lambda e: {"epoch": e["epoch"], "loss": f"{e['loss']:.4f}",
+                           **({tc.valid_metric: f"{validate_action.last_value:.4f}"}
+                              if validate_action.last_value is not None else {})},
+        progress=progress, desc="lightgcn")
   epoch_seconds = [e["seconds"] for e in result.history]
   step = result.step
   summary = {"epoch": step // spe, "step": step, "steps_per_epoch": spe,

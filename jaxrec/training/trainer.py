@@ -334,16 +334,15 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
         "data_state": it.get_state(), **best, "train_seconds": run.seconds()}))
     if on_step is not None:
       actions.append(loop.Hook(lambda step, s, metrics: on_step(step, s)))
-    if best["stopped_early"]:
-      result = loop.LoopResult(state, step, [], True)
-    else:
-      result = loop.run_loop(
-          state, trainer.step, lambda _: next(it), start=step, num_steps=config.num_steps,
-          log_every=config.log_every, actions=actions, log=run.log,
-          rate=("examples_per_s", config.batching.batch_size),
-          extras=lambda s: {"lr": float(trainer.schedule(s - 1))},
-          postfix=lambda e: {"loss": f"{e['loss']:.4f}", "ex_s": f"{e['examples_per_s']:.0f}"},
-          progress=progress)
+    # A run that stopped early is finished: the loop runs no step.
+    result = loop.run_loop(
+        state, trainer.step, lambda _: next(it), start=step,
+        num_steps=step if best["stopped_early"] else config.num_steps,
+        log_every=config.log_every, actions=actions, log=run.log,
+        rate=("examples_per_s", config.batching.batch_size),
+        extras=lambda s: {"lr": float(trainer.schedule(s - 1))},
+        postfix=lambda e: {"loss": f"{e['loss']:.4f}", "ex_s": f"{e['examples_per_s']:.0f}"},
+        progress=progress)
   last_loss = result.history[-1]["loss"] if result.history else meta.get("loss")
   summary = {"step": result.step, "valid_metric": config.valid_metric, "loss": last_loss,
              "seconds": run.seconds(), "run_seconds": run.run_seconds(), **best}
