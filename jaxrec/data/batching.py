@@ -93,6 +93,7 @@ class _BatchMaker:
     self.examples = examples
     self.config = config
     self.local = config.batch_size // process_count
+    self.process_count = process_count
     self.first_row = process_index * self.local
     full, rem = divmod(n, config.batch_size)
     self.batches_per_epoch = full if (config.drop_remainder or rem == 0) else full + 1
@@ -147,7 +148,16 @@ class _BatchMaker:
     first = getattr(ex, "first_targets", None)
     if first is not None:  # per-sequence windows (`windows.TrainWindows`).
       out["first_target"] = np.where(real, first[safe], 0).astype(np.int32)
+      out["most_targets"] = np.full(self.local, self._most_targets(global_rows), np.int32)
     return out
+
+  def _most_targets(self, global_rows: np.ndarray) -> int:
+    """The largest number of target positions in any process's share of a global batch
+    (every process computes the same number, so packed rows agree on one shape)."""
+    ex = self.examples
+    safe = np.maximum(global_rows, 0)
+    targets = np.where(global_rows >= 0, ex.lengths[safe] - ex.first_targets[safe], 0)
+    return int(targets.reshape(self.process_count, self.local).sum(axis=1).max())
 
 
 def train_dataset(examples: TrainExamples, config: BatchingConfig = BatchingConfig(),
@@ -163,6 +173,9 @@ def train_dataset(examples: TrainExamples, config: BatchingConfig = BatchingConf
     weight: [B] float32, 1 for real rows, 0 for padding rows.
     first_target: [B] int32, with `windows.TrainWindows` only: the first window
       position that is a target (history is then the window).
+    most_targets: [B] int32, with `windows.TrainWindows` only: the largest number of
+      targets in any process's rows of this step (the same on every row and process;
+      `sequence_batch.pack_target_rows` pads to it so all processes pack one shape).
 
   Args:
     examples: from `LeaveOneOutSplit.train_examples(max_history)`.

@@ -119,7 +119,7 @@ def row_capacity(count: int, quantum: int = ROW_QUANTUM) -> int:
 
 
 def pack_target_rows(tokens: Mapping[str, np.ndarray], window_offset: int = 0,
-                     quantum: int = ROW_QUANTUM) -> dict:
+                     quantum: int = ROW_QUANTUM, min_rows: int = 0) -> dict:
   """Keeps only the target positions of a `make_sequence_token_batch` batch (NumPy).
 
   Args:
@@ -128,8 +128,12 @@ def pack_target_rows(tokens: Mapping[str, np.ndarray], window_offset: int = 0,
       global windows [p * B, (p + 1) * B); `generator_job` passes p * B).
     quantum: the row padding quantum (`row_capacity`); a multiple of the data-parallel
       mesh size keeps the rows evenly sharded.
+    min_rows: pack for at least this many targets: in a multi-process run, the batch's
+      `most_targets` (the largest target count of any process this step), so every
+      process packs the same number of rows.
 
-  Returns the same encoder_input_tokens [B, U + n * E] and, for R = row_capacity(targets)
+  Returns the same encoder_input_tokens [B, U + n * E] and, for
+  R = row_capacity(max(targets, min_rows))
   rows (row r: window b_r, position t_r; rows after the last target are padding, weight 0):
     decoder_input_tokens, decoder_target_tokens: [R, G] int32.
     decoder_loss_weights: [R, G] float32.
@@ -137,7 +141,11 @@ def pack_target_rows(tokens: Mapping[str, np.ndarray], window_offset: int = 0,
   """
   weights = np.asarray(tokens["decoder_loss_weights"])
   window, position = np.nonzero(weights[..., 0] > 0)
-  capacity = row_capacity(len(window), quantum)
+  if min_rows and min_rows < len(window):
+    raise DataError(f"pack_target_rows: the batch has {len(window)} target rows but "
+                    f"min_rows={min_rows}",
+                    fix="pass the batch's most_targets (the largest count of any process).")
+  capacity = row_capacity(max(len(window), min_rows), quantum)
   pad = capacity - len(window)
 
   def rows(name, fill):

@@ -113,7 +113,8 @@ def make_sequence_batch_fn(semantic_ids: np.ndarray, layout: TokenLayout,
   def packed(batch):
     tokens = convert(batch, semantic_ids, layout, target_levels, encoder_levels)
     offset = jax.process_index() * len(tokens["encoder_input_tokens"])
-    return pack_target_rows(tokens, window_offset=offset)
+    most = int(np.max(batch["most_targets"])) if "most_targets" in batch else 0
+    return pack_target_rows(tokens, window_offset=offset, min_rows=most)
 
   return packed
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxrec.data import batching
 from jaxrec.data.errors import DataError
 from jaxrec.data.windows import training_windows
 from jaxrec.data.splits import training_prefixes
@@ -153,6 +154,42 @@ def test_packed_target_rows_give_the_same_loss_gradients_and_scores(user_buckets
   np.testing.assert_allclose(rows[:7], full[packed["decoder_row_window"][:7],
                                            packed["decoder_row_position"][:7]], rtol=1e-5)
   np.testing.assert_array_equal(rows[7:], 0.0)
+
+
+def test_processes_pack_one_shape_and_their_global_batch_is_the_whole_batch():
+  """A 2-process run: each process packs its own windows to the step's most_targets
+  (`batching`), so both packed batches have one shape, and their concatenation (what
+  make_array_from_process_local_data builds) gives the loss of the whole batch."""
+  ids = _ids()
+  layout = TokenLayout(num_levels=3, codebook_sizes=4)
+  model = _model(layout)
+  rng = np.random.default_rng(4)
+  lengths = rng.integers(2, 12, size=12)
+  seq = rng.integers(1, 11, size=lengths.sum())
+  w = training_windows(seq, np.concatenate([[0], np.cumsum(lengths)]), MAX_HISTORY)
+  config = batching.BatchingConfig(batch_size=8, seed=1)
+  whole = batching.train_dataset(w, config, 0, 1)
+  parts = [batching.train_dataset(w, config, p, 2) for p in range(2)]
+  uneven = 0
+  for step in range(6):
+    shards = [part[step] for part in parts]
+    counts = [int(np.sum(s["length"] - s["first_target"])) for s in shards]
+    uneven += row_capacity(counts[0], 4) != row_capacity(counts[1], 4)
+    assert [int(s["most_targets"][0]) for s in shards] == [max(counts)] * 2
+    packed = [pack_target_rows(make_sequence_token_batch(s, ids, layout), window_offset=4 * p,
+                               quantum=4, min_rows=int(s["most_targets"][0]))
+              for p, s in enumerate(shards)]
+    assert packed[0]["decoder_row_window"].shape == packed[1]["decoder_row_window"].shape
+    joined = {k: np.concatenate([b[k] for b in packed]) for k in packed[0]}
+    alone = pack_target_rows(make_sequence_token_batch(whole[step], ids, layout), quantum=4)
+    if step == 0:
+      params = _unbox(model.get_initial_variables(
+          jax.random.PRNGKey(3), {k: v.shape for k, v in alone.items()})["params"])
+    np.testing.assert_allclose(model.loss_fn(params, joined, None)[0],
+                               model.loss_fn(params, alone, None)[0], rtol=1e-5)
+  assert uneven  # the case the agreed capacity is for: unequal capacities of their own.
+  with pytest.raises(DataError, match="most_targets"):
+    pack_target_rows(make_sequence_token_batch(parts[0][0], ids, layout), min_rows=1)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
