@@ -7,11 +7,14 @@ and entry functions through `from __gin__ import dynamic_registration`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import pathlib
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import gin
+
+from jaxrec import fingerprints
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 GIN_SEARCH_PATHS = (REPO_ROOT, REPO_ROOT / "gin_configs")
@@ -107,6 +110,41 @@ def bound_arguments(fn: Callable) -> dict:
     return dict(gin.get_bindings(fn))
   except (ValueError, TypeError):  # Not in the gin registry (e.g. plain Python).
     return {}
+
+
+def bound(fn: Any) -> Any:
+  """`fn` with the arguments gin binds to it, as a `fingerprints.Bound` (their functions
+  bound in turn), so the pipeline hashes the values a job receives without reading gin;
+  anything gin does not configure is returned as it is.
+
+  Calling the result calls `fn` itself, so gin still injects (and logs as operative)
+  the same bindings.
+  """
+  if isinstance(fn, fingerprints.Bound) or not callable(fn) or isinstance(fn, type):
+    return fn
+  arguments = bound_arguments(fn)
+  if not arguments:
+    return fn
+  return fingerprints.Bound(fn, {k: _bound_values(v) for k, v in arguments.items()})
+
+
+def _bound_values(value: Any, depth: int = 0) -> Any:
+  """`value` with every gin-configured function inside it (config fields, lists, dicts)
+  replaced by `bound(function)`; other values as they are."""
+  if depth > 8:
+    return value
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    changed = {f.name: _bound_values(getattr(value, f.name), depth + 1)
+               for f in dataclasses.fields(value) if f.init}
+    changed = {k: v for k, v in changed.items() if v is not getattr(value, k)}
+    return dataclasses.replace(value, **changed) if changed else value
+  if isinstance(value, dict):
+    return {k: _bound_values(v, depth + 1) for k, v in value.items()}
+  if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+    return type(value)(_bound_values(v, depth + 1) for v in value)
+  if callable(value) and not isinstance(value, type):
+    return bound(value)
+  return value
 
 
 def operative_config() -> str:

@@ -48,3 +48,27 @@ def test_every_run_of_every_sweep_spec_parses(spec):
     configs.clear()
     configs.parse(list(run.gin_files), MACROS + list(run.bindings))
     assert configs.selected_job() is not None, (spec, run.name)
+
+
+def test_bound_carries_what_gin_gives_each_job_and_calls_it_through_gin():
+  """`configs.bound` reads a job's bindings once (jobs inside configs too), so the
+  pipeline's fingerprints hash plain values; calling it still goes through gin."""
+  from jaxrec import fingerprints  # pylint: disable=g-import-not-at-top
+  from jaxrec.jobs import generator_job  # pylint: disable=g-import-not-at-top
+  from jaxrec.pipeline import system  # pylint: disable=g-import-not-at-top
+  configs.parse(["gin_configs/papers/tiger.gin"], MACROS)
+  run = configs.bound(system.run_system)
+  train = run.arguments["train_job"]
+  assert isinstance(train, fingerprints.Bound)
+  assert fingerprints.function_name(train) == "jaxrec.jobs.generator_job.train_generator"
+  assert train.arguments.keys() == configs.bound_arguments(generator_job.train_generator).keys()
+  # GeneratorConfig.model_config is a gin reference to a function: bound inside the config.
+  model_config = train.arguments["generator"].model_config
+  assert isinstance(model_config, fingerprints.Bound) and model_config.arguments
+  before = fingerprints.fingerprint(train)
+  configs.parse(["gin_configs/papers/tiger.gin"], MACROS + ["T5Config.tiger.num_heads = 2"])
+  after = configs.bound(generator_job.train_generator)
+  assert fingerprints.fingerprint(after) != before
+  assert after.arguments["generator"].model_config.arguments["num_heads"] == 2
+  # Not configured by gin: returned as it is.
+  assert configs.bound(len) is len and configs.bound(None) is None

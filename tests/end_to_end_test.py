@@ -108,9 +108,10 @@ def test_pipeline_builds_skips_and_reruns_after_a_tokenizer_change(tmp_path, cap
 def test_stage_config_counts_gin_only_arguments_but_not_resumable_fields():
   configs.parse(FILES, TINY + ["WORKDIR = '/tmp/w'"])
   job = configs.bound_arguments(configs.selected_job())
-  train = lambda: system_pipeline.job_config(job["train_job"], {},  # noqa: E731
-                                             drop=system_pipeline.RESUMABLE_FIELDS)
-  evaluate = lambda: system_pipeline.job_config(job["eval_job"], {})  # noqa: E731
+  # run_system hashes each job with the arguments gin gives it (`configs.bound`).
+  train = lambda: system_pipeline.job_config(  # noqa: E731
+      configs.bound(job["train_job"]), {}, drop=system_pipeline.RESUMABLE_FIELDS)
+  evaluate = lambda: system_pipeline.job_config(configs.bound(job["eval_job"]), {})  # noqa: E731
   before_train, before_eval = train(), evaluate()
   # T5Config.tiny's dropout, in the GeneratorConfig both jobs receive.
   assert before_train["generator"]["model_config"]["bindings"]["dropout_rate"] == 0.0

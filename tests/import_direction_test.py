@@ -12,13 +12,14 @@ PACKAGE = pathlib.Path(configs.REPO_ROOT, "jaxrec")
 LAYERS = (
     # The training machinery every fit runs on (the one loop, checkpoints, optimizers) is at the
     # bottom: the quantizers' fits use it; training.trainer (which evaluates) sits higher.
-    ("files", "plots", "data", "training.loop", "training.checkpoints",
+    ("files", "fingerprints", "plots", "data", "training.loop", "training.checkpoints",
      "training.optimizers"),
     ("metrics", "encoders", "collaborative", "quantizers", "generator", "decoding"),
     ("evaluation", "training"),
     ("jobs",),
-    # configs.py is the one gin importer: the pipeline reads gin's bindings of the jobs it
-    # is given (their stage configurations); nothing below the pipeline sees gin.
+    # configs.py is the one gin importer: `configs.bound` reads gin's bindings of the jobs
+    # run_system is given, once, into plain values that the stages hash (fingerprints.py,
+    # at the bottom, reads no gin); nothing else sees gin.
     ("configs", "pipeline", "sweep_spec", "sweep_reports", "sweep"),
 )
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

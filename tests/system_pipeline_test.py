@@ -11,7 +11,6 @@ import pytest
 from jaxrec import configs
 from jaxrec.pipeline import stage as stage_lib
 from jaxrec.pipeline import system as system_pipeline
-from jaxrec.jobs import generator_job
 from jaxrec.data.errors import DataError
 
 # Test-sized everything: the tiny catalog (60 items with 16 px images), small tokenizers,
@@ -214,10 +213,9 @@ def test_every_ablation_changes_its_paper_config_and_says_why(path):
 
   def resolved(files):
     configs.parse(files, ["WORKDIR = '/tmp/w'"])
-    bound = configs.bound_arguments(system_pipeline.run_system)
-    generator = configs.bound_arguments(generator_job.train_generator)
-    ids_job = configs.bound_arguments(bound["semantic_ids_job"])
-    return stage_lib.canonical({"run": bound, "generator": generator, "ids": ids_job})
+    bound = configs.bound(system_pipeline.run_system).arguments  # every job's arguments
+    return stage_lib.canonical({"run": bound, "generator": bound["train_job"],
+                                "ids": bound["semantic_ids_job"]})
 
   paper = resolved([f"gin_configs/papers/{system}.gin"])
   ablation = resolved([path])

@@ -1,7 +1,7 @@
 """The pipeline engine: stages, their fingerprints and markers, skipping, superseding, locks.
 
 A `Stage` is a job that writes artifacts into a folder and returns their paths. Its
-identity (the fingerprint) is one hash (`fingerprint`) of
+identity (the fingerprint) is one hash (`fingerprints.fingerprint`, which reads no gin) of
   - its inputs, by content: the SHA-256 of the artifacts the earlier stages it `needs`
     provide (`Stage.provides`; all by default), and
   - its configuration, by value: `canonical(config)`.
@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
 import time
@@ -38,69 +36,19 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import filelock
 
-from jaxrec import configs
 from jaxrec import files
+from jaxrec.fingerprints import canonical, fingerprint, sha256_file
 from jaxrec.training import checkpoints
 
+__all__ = ["MARKER", "SUMMARY", "PipelineError", "Stage", "StageResult", "canonical",
+           "duration", "fingerprint", "run_pipeline", "sha256_file", "stage_fingerprint",
+           "stage_lock"]
 MARKER = "stage.json"
 SUMMARY = "pipeline_summary.json"
-# Config fields that change no result of a stage (io and logging).
-IO_FIELDS = {"BatchingConfig": ("num_threads", "prefetch")}
 
 
 class PipelineError(RuntimeError):
   """A stage list or a job's output is wrong; the message names the stage and the fix."""
-
-
-# ---------------------------------------------------------------------------- identity
-
-
-def sha256_file(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
-def canonical(value: Any, drop: Optional[Mapping[str, Sequence[str]]] = None,
-              depth: int = 0) -> Any:
-  """A JSON-able, address-free description of a configuration value.
-
-  Dataclasses become {"__config__": class name, field: ...} minus the fields
-  `drop` lists for their class name (and IO_FIELDS); functions and classes become
-  {"__fn__": "module.qualname", "bindings": the arguments gin binds to them}.
-  """
-  drop = drop or {}
-  if depth > 8:
-    return repr(value)
-  if dataclasses.is_dataclass(value) and not isinstance(value, type):
-    name = type(value).__name__
-    skip = set(IO_FIELDS.get(name, ())) | set(drop.get(name, ()))
-    out = {"__config__": name}
-    out.update({f.name: canonical(getattr(value, f.name), drop, depth + 1)
-                for f in dataclasses.fields(value) if f.name not in skip})
-    return out
-  if isinstance(value, Mapping):
-    return {str(k): canonical(v, drop, depth + 1) for k, v in sorted(value.items(), key=str)}
-  if isinstance(value, (list, tuple)):
-    return [canonical(v, drop, depth + 1) for v in value]
-  if value is None or isinstance(value, (bool, int, float, str)):
-    return value
-  if hasattr(value, "item") and getattr(value, "shape", None) == ():
-    return value.item()  # NumPy scalars.
-  if callable(value):
-    func = getattr(value, "__func__", value)
-    name = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
-    return {"__fn__": name, "bindings": canonical(configs.bound_arguments(value), drop,
-                                                  depth + 1)}
-  return repr(value)
-
-
-def fingerprint(value: Any) -> str:
-  """The one fingerprint: a 16-hex-digit SHA-256 of `canonical(value)`."""
-  blob = json.dumps(canonical(value), sort_keys=True, default=str)
-  return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------- stages

@@ -27,6 +27,7 @@ import os
 from typing import Callable, Mapping, Optional, Sequence
 
 from jaxrec import configs
+from jaxrec import fingerprints
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.encoders import text
@@ -55,9 +56,10 @@ RESUMABLE_FIELDS = {"TrainerConfig": trainer_lib.RESUMABLE_FIELDS + ("mesh",),
 
 
 def job_config(job: Callable, passed: Mapping, drop: Optional[Mapping] = None) -> dict:
-  """What determines a job's result: gin's bindings of `job` overridden by `passed`, minus
-  paths and verbosity (hashed by `stage.canonical`)."""
-  arguments = {**configs.bound_arguments(job), **passed}
+  """What determines a job's result: the arguments `job` carries (a `fingerprints.Bound`
+  from `configs.bound`, or a functools.partial) overridden by `passed`, minus paths and
+  verbosity (hashed by `fingerprints.canonical`)."""
+  arguments = {**fingerprints.arguments(job), **passed}
   return canonical({k: v for k, v in arguments.items() if k not in _NOT_CONFIG}, drop)
 
 
@@ -65,7 +67,7 @@ def resumable_settings(job: Callable, passed: Mapping) -> dict:
   """The train-config fields of a training job that may change on resume (steps, ...):
   {argument: {field: value}} for each argument whose class is in RESUMABLE_FIELDS."""
   out = {}
-  for name, value in sorted({**configs.bound_arguments(job), **passed}.items()):
+  for name, value in sorted({**fingerprints.arguments(job), **passed}.items()):
     fields = RESUMABLE_FIELDS.get(type(value).__name__)
     if fields and dataclasses.is_dataclass(value):
       out[name] = {k: getattr(value, k) for k in fields if k != "mesh"}
@@ -78,8 +80,7 @@ def baselines_stage(dataset: DatasetConfig, job: Callable[..., dict], progress: 
   the rows results.md shows beside the model; gin_configs/runs/baselines.gin binds
   `baselines_job.evaluate_baselines` with its own list)."""
   passed = {"dataset": dataset}
-  func = getattr(job, "__wrapped__", job)
-  name = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', '?')}"
+  name = fingerprints.function_name(job)
 
   def evaluate(folder, inputs):
     del inputs
@@ -250,6 +251,10 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
   Raises:
     DataError: bad modalities, a missing job for a used modality, bad input files.
   """
+  # Each job with the arguments gin gives it, read once here: the stages hash those values.
+  collaborative, semantic_ids_job, train_job, eval_job, baselines_job = (
+      configs.bound(j) for j in (collaborative, semantic_ids_job, train_job, eval_job,
+                                 baselines_job))
   if not modalities and semantic_ids_job is None:  # SASRec, LightGCN: no features, no IDs.
     stages = [] if train_job is None else model_stages(dataset, train_job, eval_job, progress,
                                                        model_stage, with_ids=False)

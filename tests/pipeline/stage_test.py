@@ -1,10 +1,12 @@
 """The pipeline engine alone (jobs are small lambdas): what makes a stage run, skip, resume,
 move aside or wait, and the one fingerprint."""
 
+import functools
 import json
 
 import pytest
 
+from jaxrec import fingerprints
 from jaxrec.pipeline import stage as stage_lib
 from jaxrec.pipeline.stage import Stage
 from jaxrec.training import checkpoints
@@ -30,6 +32,22 @@ def test_fingerprint_is_the_hash_of_the_canonical_value():
       {"b": [2, 3], "a": 1})
   assert stage_lib.fingerprint({"a": 1}) != stage_lib.fingerprint({"a": 2})
   assert len(stage_lib.fingerprint(None)) == 16
+
+
+def _job(workdir, steps=1):
+  return workdir, steps
+
+
+def test_a_job_is_identified_by_the_arguments_it_carries_not_by_gin():
+  """Plain Python passes functools.partial, gin runs pass `fingerprints.Bound`: both are
+  hashed by their function and arguments."""
+  assert stage_lib.fingerprint(functools.partial(_job, steps=2)) != stage_lib.fingerprint(
+      functools.partial(_job, steps=3))
+  bound = fingerprints.Bound(_job, {"steps": 2})
+  assert stage_lib.fingerprint(bound) == stage_lib.fingerprint(functools.partial(_job, steps=2))
+  assert bound("w") == ("w", 1)  # called as it is (gin injects its own bindings).
+  assert stage_lib.canonical(bound) == {"__fn__": f"{__name__}._job", "bindings": {"steps": 2}}
+  assert stage_lib.canonical(_job)["bindings"] == {}
 
 
 def test_builds_skips_resumes_and_supersedes(tmp_path, capsys):
