@@ -2,18 +2,20 @@
 
 Row r of the output is item id r + 1. Usage:
   python tools/encode_items.py --dataset=beauty --encoder=minilm --workdir=/tmp/enc_beauty
+      # -> /tmp/enc_beauty/embeddings/item_embeddings.npy (+ item_embeddings.json)
   python tools/encode_items.py --modality=image --dataset=ml100k --workdir=/tmp/img_ml100k \
       [--image_encoder=efficientnet_lite0|efficientnet_lite2|features --features=my.npy]
+      # -> /tmp/img_ml100k/image_features/image_features.npy
 
-A rerun with the same dataset, encoder and max_length is skipped (see
-`jaxrec.jobs.item_job.encode_items`, which the TIGER pipeline also calls, and
-`jaxrec.jobs.image_job.encode_images`: items without a readable image get a zero row,
-counted with the reasons in the sidecar).
+The encoding runs as a one-stage pipeline in --workdir, the same "embeddings" /
+"image_features" stage every system run has (`pipeline.system.text_stage` /
+`image_stage` over `jobs.item_job.encode_items` / `jobs.image_job.encode_images`: items
+without a readable image get a zero row, counted with the reasons in the sidecar), so a
+rerun with the same dataset, encoder and settings is skipped by the engine and a changed
+one rebuilds.
 """
 
 from __future__ import annotations
-
-import os
 
 from absl import app
 from absl import flags
@@ -21,9 +23,9 @@ from absl import flags
 from jaxrec.data import loading
 from jaxrec.data.config import DatasetConfig
 from jaxrec.encoders import image
-from jaxrec.jobs import image_job
-from jaxrec.jobs import item_job
 from jaxrec.encoders import text
+from jaxrec.pipeline import stage as stage_lib
+from jaxrec.pipeline import system
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "synthetic", "Dataset name for load_dataset "
@@ -46,26 +48,26 @@ flags.DEFINE_integer("batch_size", None, "Texts (default 128) or images (default
                      "forward pass.")
 flags.DEFINE_integer("max_length", text.DEFAULT_MAX_LENGTH,
                      "Token limit per item text (special tokens included).")
-flags.DEFINE_string("workdir", None, "Output folder (for the default --output).")
-flags.DEFINE_string("output", None, "The .npy to write (default <workdir>/item_embeddings.npy); "
-                    "a .json sidecar with the same stem describes it.")
+flags.DEFINE_string("workdir", None, "The pipeline folder; the features go to "
+                    "<workdir>/embeddings/ or <workdir>/image_features/.")
 
 
 def main(argv):
   del argv
-  if not FLAGS.output and not FLAGS.workdir:
-    raise app.UsageError("pass --workdir or --output")
+  if not FLAGS.workdir:
+    raise app.UsageError("pass --workdir")
   dataset = DatasetConfig(name=FLAGS.dataset, manual_dir=FLAGS.manual_dir,
                           data_dir=FLAGS.data_dir)
   if FLAGS.modality == "image":
-    output = FLAGS.output or os.path.join(FLAGS.workdir, "image_features.npy")
-    image_job.encode_images(output, dataset, encoder=FLAGS.image_encoder,
-                            image_size=FLAGS.image_size, features_path=FLAGS.features,
-                            batch_size=FLAGS.batch_size or 64, image_dir=FLAGS.image_dir)
-    return
-  output = FLAGS.output or os.path.join(FLAGS.workdir, "item_embeddings.npy")
-  item_job.encode_items(output, dataset, encoder=FLAGS.encoder, model_dir=FLAGS.model_dir,
-                        batch_size=FLAGS.batch_size or 128, max_length=FLAGS.max_length)
+    stage = system.image_stage(dataset, FLAGS.image_encoder, image_size=FLAGS.image_size,
+                               features_path=FLAGS.features, image_dir=FLAGS.image_dir,
+                               batch_size=FLAGS.batch_size or 64)
+  else:
+    stage = system.text_stage(dataset, FLAGS.encoder, FLAGS.model_dir,
+                              FLAGS.batch_size or 128, FLAGS.max_length)
+  summary = stage_lib.run_pipeline(FLAGS.workdir, [stage])
+  features = system.FEATURE_STAGES[stage.name][1]
+  print(summary["stages"][stage.name]["artifacts"][features])
 
 
 if __name__ == "__main__":

@@ -34,14 +34,14 @@ and nothing is concatenated; MusicRec: no guidance loss), `modalities=("text",)`
 Artifacts in the workdir, as `tokenizer_job`: `semantic_ids.npy` ([num_items, L'] int32,
 row r = item id r + 1), `tokenizer_stats.json` (fingerprint, method, modalities, dims,
 collision and usage stats before / after, the training curve of every loss term, timings),
-`codebook_usage.png` and `tokenizer_checkpoints/` (resumable). A finished job with the same
-fingerprint (feature files' content, every config, method, modalities, use_collab) is skipped.
+`codebook_usage.png` and `tokenizer_checkpoints/` (resumable; their fingerprint covers the
+feature files' content, every config, method, modalities and use_collab). The job always
+computes: the pipeline's "semantic_ids" stage skips it when up to date.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -50,7 +50,7 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
-from jaxrec import files
+from jaxrec import fingerprints
 from jaxrec.data.errors import DataError
 from jaxrec.quantizers import fused_rqvae
 from jaxrec.quantizers import fusion
@@ -120,13 +120,6 @@ def build_fused_semantic_ids(
   n = len(raw[used[0]])
 
   os.makedirs(workdir, exist_ok=True)
-  ids_path, stats_path = tokenizer_job.artifact_paths(workdir)
-  old = files.read_json(stats_path)
-  if old is not None and old.get("fingerprint") == fp and os.path.isfile(ids_path):
-    if progress:
-      print(f"semantic IDs for this configuration exist: {ids_path} (skipped)")
-    return old
-
   data, inputs, scales = model_inputs(job_inputs)
   prepared = time.perf_counter()
   state, history = tokenizer_job.fit_resumably(
@@ -371,11 +364,9 @@ def _inputs(method, content, raw, present, use_collab, config) -> tuple[dict, di
 
 
 def _fingerprint(paths, method, content, use_collab, config, train_config, job) -> str:
-  """Hash of the feature files' content, every config, method, modalities and use_collab."""
-  payload = {
-      "features": {m: tokenizer_job.fingerprint(p) for m, p in sorted(paths.items())},
+  """`fingerprints.fingerprint` of the feature files' content, every config, method,
+  modalities and use_collab (identifies the checkpoints of a fit)."""
+  return fingerprints.fingerprint({
+      "features": {m: fingerprints.sha256_file(p) for m, p in sorted(paths.items())},
       "method": method, "modalities": list(content), "use_collab": bool(use_collab),
-      "configs": [dataclasses.asdict(c) for c in (config, train_config, job)],
-  }
-  return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()
-                        ).hexdigest()[:16]
+      "configs": [config, train_config, job]})

@@ -4,16 +4,14 @@ The input of the post-quantization baseline (features, then an RQ-VAE: MSCGRec's
 of DINO-RQ) and of the fusion layers (CEMG, MusicRec). Artifacts, as the text job's
 (`item_job`): `<output>.npy` (row r = item id r + 1; items without a readable image get a
 zero row) and a JSON sidecar with the same stem (encoder, dimensions, the image report:
-items with an image, missing, skipped with reasons; timing; the fingerprint of the
-dataset config + encoder + image size). A finished job with the same fingerprint is
-skipped; both files are written atomically, the sidecar last.
+items with an image, missing, skipped with reasons; timing). The job always computes (the
+pipeline's "image_features" stage and tools/encode_items.py skip it when up to date);
+both files are written atomically, the sidecar last.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import time
 from typing import Optional
@@ -32,24 +30,11 @@ from jaxrec.jobs import item_job
 LOAD_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite2": 260, "features": 0}
 
 
-def fingerprint(dataset: DatasetConfig, encoder: str, image_size: int,
-                features_path: Optional[str] = None, image_dir: Optional[str] = None) -> str:
-  """Hash of what determines the features (not the batch size or progress)."""
-  content = None
-  if features_path:
-    with open(features_path, "rb") as f:
-      content = hashlib.sha256(f.read()).hexdigest()
-  blob = json.dumps([dataclasses.asdict(dataset), encoder, int(image_size), content,
-                     os.path.abspath(image_dir) if image_dir else None],
-                    sort_keys=True, default=str)
-  return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def encode_images(output_path: str, dataset: DatasetConfig = DatasetConfig(),
                   encoder: str = "efficientnet_lite0", image_size: Optional[int] = None,
                   features_path: Optional[str] = None, batch_size: int = 64,
                   image_dir: Optional[str] = None, progress: bool = True) -> str:
-  """Encodes every item's image; skipped when `output_path` holds this configuration's result.
+  """Encodes every item's image into `output_path` (and its sidecar).
 
   Args:
     output_path: the .npy to write, [num_items, dim] float32, row r = item id r + 1.
@@ -78,11 +63,6 @@ def encode_images(output_path: str, dataset: DatasetConfig = DatasetConfig(),
                     path="encode_images.features_path",
                     fix="bind features_path to a [num_items, d] .npy (row r = item r + 1).")
   size = int(image_size or LOAD_SIZES[encoder] or 64)
-  fp = fingerprint(dataset, encoder, size, features_path, image_dir)
-  if item_job.is_up_to_date(output_path, fp):
-    if progress:
-      print(f"image features for this configuration exist: {output_path} (skipped)")
-    return output_path
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
   start = time.time()
   data = dataset.load()
@@ -105,7 +85,7 @@ def encode_images(output_path: str, dataset: DatasetConfig = DatasetConfig(),
     os.remove(sidecar)  # A crash below must not leave an old sidecar vouching for new rows.
   files.save_npy(output_path, np.asarray(features, np.float32))
   out = {
-      "fingerprint": fp, "modality": "image", "encoder": encoder, "dim": int(features.shape[1]),
+      "modality": "image", "encoder": encoder, "dim": int(features.shape[1]),
       "dataset": dataset.name, "dataset_config": dataclasses.asdict(dataset),
       "num_items": int(data.num_items), "rows": "row r is item id r + 1 (zero row: no image)",
       "image_size": size, "batch_size": batch_size, "image_report": report, "encoder_meta": meta,

@@ -14,14 +14,14 @@ Artifacts in the workdir:
 
 Items without a readable image are tokenized from a black image (all share its codes up
 to the collision level) and counted in the stats; the fit uses the items with an image.
-A finished job with the same fingerprint is skipped.
+The job always computes: the pipeline's stage (the "semantic_ids" stage of MSCGRec's
+run, or the one-stage pipeline tools/run.py runs gin_configs/runs/image_ids.gin in) skips
+it when up to date.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import time
 from typing import Optional
@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from jaxrec import files
+from jaxrec import fingerprints
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.encoders import image_io
@@ -57,9 +58,8 @@ class ImageIdsJobConfig:
 
 
 def fingerprint(dataset: DatasetConfig, *configs) -> str:
-  blob = json.dumps([dataclasses.asdict(dataset)] + [dataclasses.asdict(c) for c in configs],
-                    sort_keys=True, default=str)
-  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+  """`fingerprints.fingerprint` of the dataset and configs (identifies the checkpoints)."""
+  return fingerprints.fingerprint([dataset, *configs])
 
 
 def load_images(dataset: DatasetConfig, size: int, progress: bool = True,
@@ -132,14 +132,8 @@ def build_image_semantic_ids(workdir: str, dataset: DatasetConfig = DatasetConfi
   os.makedirs(workdir, exist_ok=True)
   ids_path, stats_path = tokenizer_job.artifact_paths(workdir)
   emb_path = os.path.join(workdir, "image_embeddings.npy")
-  fp = fingerprint(dataset, model_config, train_config, job) + f"-{size}"
-  if image_dir:
-    fp += "-" + hashlib.sha256(os.path.abspath(image_dir).encode()).hexdigest()[:8]
-  old = files.read_json(stats_path)
-  if old and old.get("fingerprint") == fp and os.path.isfile(ids_path):
-    if progress:
-      print(f"image semantic IDs for this configuration exist: {ids_path} (skipped)")
-    return old
+  fp = fingerprint(dataset, model_config, train_config, job, size,
+                   os.path.abspath(image_dir) if image_dir else None)
   started = time.perf_counter()
   data, item_images = load_images(dataset, size, progress, image_dir)
   loaded = time.perf_counter()

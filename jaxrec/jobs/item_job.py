@@ -1,17 +1,16 @@
 """The item-embedding job: every item's text -> [num_items, dim] float32 with a sentence encoder.
 
 Artifacts: `<output>.npy` (row r = item id r + 1) and a JSON sidecar with the same
-stem (encoder, dimensions, empty-text items, timing and the fingerprint of the
-dataset config + encoder + max_length). A finished job with the same fingerprint
-is skipped. Both files are written atomically (temp name, then rename), the
-sidecar last, so a sidecar always describes the .npy beside it.
+stem (encoder, dimensions, empty-text items, timing). The job always computes (jobs never
+skip themselves: the pipeline's "embeddings" stage, `pipeline/system.py`, and
+tools/encode_items.py skip it when its folder holds the result). Both files are written
+atomically (temp name, then rename), the sidecar last, so a sidecar always describes the
+.npy beside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import time
 from typing import Optional
@@ -31,24 +30,9 @@ def sidecar_path(output_path: str) -> str:
   return os.path.splitext(output_path)[0] + ".json"
 
 
-def fingerprint(dataset: DatasetConfig, encoder: str, max_length: int,
-                model_dir: Optional[str] = None) -> str:
-  """Hash of what determines the embeddings (not the batch size or progress)."""
-  blob = json.dumps([dataclasses.asdict(dataset), encoder, int(max_length),
-                     os.path.abspath(model_dir) if model_dir else None],
-                    sort_keys=True, default=str)
-  return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def read_sidecar(output_path: str) -> Optional[dict]:
   """The JSON sidecar of `output_path`, or None when missing or unreadable."""
   return files.read_json(sidecar_path(output_path))
-
-
-def is_up_to_date(output_path: str, fp: str) -> bool:
-  """Whether `output_path` exists and its sidecar records fingerprint `fp`."""
-  meta = read_sidecar(output_path)
-  return os.path.isfile(output_path) and meta is not None and meta.get("fingerprint") == fp
 
 
 # write(binary file) into a temp file in path's folder, then rename it to path (kept for
@@ -60,7 +44,7 @@ def encode_items(output_path: str, dataset: DatasetConfig = DatasetConfig(),
                  encoder: str = "minilm", model_dir: Optional[str] = None,
                  batch_size: int = 128, max_length: int = text.DEFAULT_MAX_LENGTH,
                  progress: bool = True) -> str:
-  """Embeds every item's text; skipped when `output_path` holds this configuration's result.
+  """Embeds every item's text into `output_path` (and its sidecar).
 
   Args:
     output_path: the .npy to write, [num_items, dim] float32, row r = item id r + 1;
@@ -80,11 +64,6 @@ def encode_items(output_path: str, dataset: DatasetConfig = DatasetConfig(),
   """
   if encoder not in text.ENCODERS:
     raise DataError(f"unknown text encoder {encoder!r}", fix=f"use one of {text.ENCODERS}.")
-  fp = fingerprint(dataset, encoder, max_length, model_dir)
-  if is_up_to_date(output_path, fp):
-    if progress:
-      print(f"item embeddings for this configuration exist: {output_path} (skipped)")
-    return output_path
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
   start = time.time()
   data = dataset.load()
@@ -106,7 +85,7 @@ def encode_items(output_path: str, dataset: DatasetConfig = DatasetConfig(),
     os.remove(sidecar_path(output_path))
   files.save_npy(output_path, embeddings.astype(np.float32))
   meta = {
-      "fingerprint": fp, "encoder": encoder, "model_dir": model.model_dir, "dim": model.dim,
+      "encoder": encoder, "model_dir": model.model_dir, "dim": model.dim,
       "dataset": dataset.name, "dataset_config": dataclasses.asdict(dataset),
       "num_items": data.num_items, "rows": "row r is item id r + 1",
       "max_length": max_length, "batch_size": batch_size, "normalized": model.normalize,

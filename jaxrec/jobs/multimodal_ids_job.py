@@ -9,8 +9,9 @@ each modality alone names every item uniquely and any of them can be the decode 
 Artifacts in the workdir: `semantic_ids.npy` [num_items, sum of L_m] int32 (columns in
 the order text, image, collab), `modalities.json` (each modality's columns,
 `quantizers.modalities`), `tokenizer_stats.json` (every modality's stats and those of the
-concatenation) and the sub-jobs' folders. Every sub-job skips itself when its result is up
-to date, so a rerun only re-concatenates.
+concatenation) and the sub-jobs' folders. The job always computes every modality (jobs
+never skip themselves): the pipeline's "semantic_ids" stage skips it when up to date, and an
+interrupted build resumes each modality's fit from its checkpoints.
 """
 
 from __future__ import annotations

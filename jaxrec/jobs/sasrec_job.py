@@ -217,7 +217,6 @@ def _evaluate(s: SasRecSetup, workdir: str, trainer_config: trainer_lib.TrainerC
   model_config = s.model.config
   tr, state, meta, fp = _restore(s, workdir, trainer_config, checkpoint)
   extra = dict(model=MODEL_NAME, model_config=dataclasses.asdict(model_config), fingerprint=fp,
-               eval_fingerprint=_eval_fingerprint(eval_config),
                checkpoint_step=int(state.step), checkpoint=checkpoint,
                best_valid=meta.get("value"))
   max_history = eval_config.max_history or trainer_config.max_history
@@ -271,7 +270,6 @@ def _export(s: SasRecSetup, workdir: str, dataset: DatasetConfig,
                     path=workdir, fix="the training diverged: lower the learning rate and "
                                       "retrain in a new workdir.")
   meta_out = {
-      "fingerprint": export_fingerprint(fp, int(state.step)),
       "source": "sasrec", "trained_on": "the training part of the leave-one-out split "
                                         "(validation chose the checkpoint; test unseen)",
       "dim": int(model_config.hidden), "num_items": int(n), "rows": "row r is item id r + 1",
@@ -294,20 +292,6 @@ def _export(s: SasRecSetup, workdir: str, dataset: DatasetConfig,
   return output_path
 
 
-def export_fingerprint(training_fingerprint: str, step: int) -> str:
-  return hashlib.sha256(f"{training_fingerprint}:{step}".encode()).hexdigest()[:16]
-
-
-def _eval_fingerprint(eval_config: EvalConfig) -> str:
-  blob = json.dumps(dataclasses.asdict(eval_config), sort_keys=True, default=str)
-  return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _evaluated_step(summary: dict) -> Optional[int]:
-  """The step `restore_state(..., "best")` restores after a finished `train`."""
-  return summary.get("best_step") if summary.get("best_step") is not None else summary.get("step")
-
-
 def run_sasrec(workdir: str, dataset: DatasetConfig = DatasetConfig(),
                model_config: SasRecConfig = SasRecConfig(),
                trainer_config: trainer_lib.TrainerConfig = trainer_lib.TrainerConfig(),
@@ -316,38 +300,17 @@ def run_sasrec(workdir: str, dataset: DatasetConfig = DatasetConfig(),
                progress: bool = True, export: bool = True) -> dict:
   """Train (resumes; a finished run returns at once), evaluate the best checkpoint, export.
 
-  Evaluation is skipped when every `eval/<split>_metrics.json` already holds this
-  configuration's result for the checkpoint that would be evaluated; the export
-  when its sidecar records that checkpoint.
+  It always evaluates and exports (jobs never skip themselves: the pipeline's
+  "collaborative" / "sasrec" stage skips the job when its folder holds the result).
 
   Returns:
     {"train": summary, "eval": {split: metrics JSON}, "embeddings": path or None}.
   """
   s = setup(dataset, trainer_config, model_config, eval_config, top_k)
   summary = _train(s, workdir, trainer_config, eval_config, operative_config, progress)
-  fp = trainer_lib.trajectory_fingerprint(trainer_config, s.fingerprint)
-  step = _evaluated_step(summary)
-  done = {}
-  for which in eval_config.splits:
-    old = files.read_json(os.path.join(workdir, "eval", f"{which}_metrics.json"))
-    if old and old.get("fingerprint") == fp and old.get("checkpoint_step") == step and (
-        old.get("eval_fingerprint") == _eval_fingerprint(eval_config)):
-      done[which] = old
-  if len(done) == len(eval_config.splits):
-    if progress:
-      print(f"evaluation of step {step} is up to date in {workdir}/eval (skipped)")
-    results = done
-  else:
-    results = _evaluate(s, workdir, trainer_config, eval_config, "best", progress)
+  results = _evaluate(s, workdir, trainer_config, eval_config, "best", progress)
   path = None
   if export:
-    path = os.path.join(workdir, EMBEDDINGS_NAME)
-    sidecar = item_job.read_sidecar(path)
-    if (os.path.isfile(path) and sidecar is not None
-        and sidecar.get("fingerprint") == export_fingerprint(fp, step)):
-      if progress:
-        print(f"item embeddings of step {step} are up to date: {path} (skipped)")
-    else:
-      _export(s, workdir, dataset, trainer_config, path, "best", progress)
+    path = _export(s, workdir, dataset, trainer_config, None, "best", progress)
   return {"train": summary, "eval": results, "embeddings": path}
 

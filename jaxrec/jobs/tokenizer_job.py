@@ -2,15 +2,15 @@
 
 Artifacts in the workdir: `semantic_ids.npy` ([num_items, L'] int32, row r = item
 id r + 1), `tokenizer_stats.json` (collision rate before/after, per-level usage,
-timing, the fingerprint), `codebook_usage.png`, and `tokenizer_checkpoints/`
-(RQ-VAE training resumes from the latest one). A finished job with the same
-fingerprint is skipped.
+timing, the fingerprint of its checkpoints), `codebook_usage.png`, and
+`tokenizer_checkpoints/` (RQ-VAE training resumes from the latest one of the same
+fingerprint). The job always computes: the pipeline's "semantic_ids" stage (and
+tools/build_semantic_ids.py's one-stage pipeline) skips it when up to date.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from jaxrec import files
+from jaxrec import fingerprints
 from jaxrec import plots
 from jaxrec.data.errors import DataError
 from jaxrec.quantizers import rqvae
@@ -83,14 +84,10 @@ def load_embeddings(path: str, expected_num_items: Optional[int] = None) -> np.n
 
 
 def fingerprint(embeddings_path: str, *configs) -> str:
-  """Hash of the embeddings' content and the configs: identifies the artifacts."""
-  h = hashlib.sha256()
-  with open(embeddings_path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  h.update(json.dumps([dataclasses.asdict(c) for c in configs], sort_keys=True,
-                      default=str).encode())
-  return h.hexdigest()[:16]
+  """`fingerprints.fingerprint` of the embeddings' content and the configs: identifies
+  the checkpoints of a fit."""
+  return fingerprints.fingerprint({"embeddings": fingerprints.sha256_file(embeddings_path),
+                                   "configs": list(configs)})
 
 
 def fit_resumably(ckpt_dir: str, fp: str, checkpoint_every: int, restore_target, fit,
@@ -167,7 +164,6 @@ def build_semantic_ids(workdir: str, embeddings_path: str,
                     path="TokenizerJobConfig.collision",
                     fix=f"use one of {semantic_ids.STRATEGIES}.")
   os.makedirs(workdir, exist_ok=True)
-  ids_path, stats_path = artifact_paths(workdir)
   x = load_embeddings(embeddings_path, job.expected_num_items)
   vq.check_embeddings(x, codebook_size=model_config.codebook_size, source=embeddings_path,
                       binding="RqVaeConfig.codebook_size")
@@ -186,14 +182,7 @@ def build_semantic_ids(workdir: str, embeddings_path: str,
     targets = load_embeddings(align_targets_path, len(x))
   fp = fingerprint(embeddings_path, model_config, train_config, job)
   if targets is not None:
-    fp = hashlib.sha256((fp + fingerprint(align_targets_path)).encode()).hexdigest()[:16]
-  if os.path.isfile(stats_path) and os.path.isfile(ids_path):
-    with open(stats_path) as f:
-      old = json.load(f)
-    if old.get("fingerprint") == fp:
-      if progress:
-        print(f"semantic IDs for this configuration exist: {ids_path} (skipped)")
-      return old
+    fp = fingerprints.fingerprint([fp, fingerprints.sha256_file(align_targets_path)])
   started = time.perf_counter()
   if job.method == "rqvae":
     tokens, curve = _fit_rqvae(x, model_config, train_config, job, workdir, fp, progress,

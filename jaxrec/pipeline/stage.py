@@ -6,8 +6,8 @@ identity (the fingerprint) is one hash (`fingerprints.fingerprint`, which reads 
     provide (`Stage.provides`; all by default), and
   - its configuration, by value: `canonical(config)`.
 `run_pipeline(workdir, stages, cache)` runs them in order and owns everything around
-the jobs (a stage that runs gets an empty folder, or its own folder to resume in; the
-up-to-date checks some jobs still make for their standalone tools never decide anything here):
+the jobs (a stage that runs gets an empty folder, or its own folder to resume in; jobs never
+skip themselves):
   - a stage folder holds a `stage.json` marker: fingerprint, status ("running" / "done"),
     the SHA-256 of the artifacts it vouches for, the resumable settings, wall time;
   - a stage is skipped when its marker is "done" with the current fingerprint and

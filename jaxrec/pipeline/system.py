@@ -38,7 +38,7 @@ from jaxrec.jobs import item_job
 from jaxrec.jobs import lightgcn_job
 from jaxrec.jobs import tokenizer_job
 from jaxrec.pipeline import report as report_lib
-from jaxrec.pipeline.stage import Stage, StageResult, canonical, run_pipeline
+from jaxrec.pipeline.stage import Stage, StageResult, canonical, run_pipeline, sha256_file
 from jaxrec.training import trainer as trainer_lib
 
 MODALITIES = ("text", "image", "collab")
@@ -117,26 +117,10 @@ def feature_stages(dataset: DatasetConfig, used: Sequence[str], text_encoder: st
   """The text / image / collaborative feature stages the used modalities need (shared)."""
   stages = []
   if "text" in used:
-    def encode(folder, inputs):
-      del inputs
-      path = os.path.join(folder, FEATURE_STAGES["embeddings"][1])
-      item_job.encode_items(path, dataset, encoder=text_encoder, model_dir=encoder_model_dir,
-                            batch_size=encoder_batch_size, max_length=encoder_max_length,
-                            progress=progress)
-      return [path, item_job.sidecar_path(path)]
-    stages.append(Stage("embeddings", encode, {
-        "dataset": dataset, "encoder": text_encoder, "model_dir": encoder_model_dir,
-        "max_length": encoder_max_length}, keep_old=False, shared=True))
-
+    stages.append(text_stage(dataset, text_encoder, encoder_model_dir, encoder_batch_size,
+                             encoder_max_length, progress))
   if "image" in used and image_features:
-    def encode_images(folder, inputs):
-      del inputs
-      path = os.path.join(folder, FEATURE_STAGES["image_features"][1])
-      image_job.encode_images(path, dataset, encoder=image_encoder, progress=progress)
-      return [path, item_job.sidecar_path(path)]
-    stages.append(Stage("image_features", encode_images, {
-        "dataset": dataset, "encoder": image_encoder,
-        "size": image_job.LOAD_SIZES.get(image_encoder) or 64}, keep_old=False, shared=True))
+    stages.append(image_stage(dataset, image_encoder, progress))
 
   if "collab" in used:
     passed = {"dataset": dataset}
@@ -156,6 +140,47 @@ def feature_stages(dataset: DatasetConfig, used: Sequence[str], text_encoder: st
                         {"collaborative": job_config(collaborative, passed, RESUMABLE_FIELDS)},
                         resumable=resumable_settings(collaborative, passed), shared=True))
   return stages
+
+
+def text_stage(dataset: DatasetConfig, encoder: str = "minilm",
+               model_dir: Optional[str] = None, batch_size: int = 128,
+               max_length: int = text.DEFAULT_MAX_LENGTH, progress: bool = True) -> Stage:
+  """The "embeddings" stage: `item_job.encode_items` into <folder>/item_embeddings.npy
+  (shared: in the feature cache when there is one). Also tools/encode_items.py's stage."""
+  def encode(folder, inputs):
+    del inputs
+    path = os.path.join(folder, FEATURE_STAGES["embeddings"][1])
+    item_job.encode_items(path, dataset, encoder=encoder, model_dir=model_dir,
+                          batch_size=batch_size, max_length=max_length, progress=progress)
+    return [path, item_job.sidecar_path(path)]
+  return Stage("embeddings", encode, {"dataset": dataset, "encoder": encoder,
+                                      "model_dir": model_dir, "max_length": max_length},
+               keep_old=False, shared=True)
+
+
+def image_stage(dataset: DatasetConfig, encoder: str = "efficientnet_lite0",
+                progress: bool = True, image_size: Optional[int] = None,
+                features_path: Optional[str] = None, image_dir: Optional[str] = None,
+                batch_size: int = 64) -> Stage:
+  """The "image_features" stage: `image_job.encode_images` into
+  <folder>/image_features.npy (shared). Precomputed features (encoder "features") are
+  hashed by content, an image folder by its path. Also tools/encode_items.py's stage."""
+  size = int(image_size or image_job.LOAD_SIZES.get(encoder) or 64)
+
+  def encode_images(folder, inputs):
+    del inputs
+    path = os.path.join(folder, FEATURE_STAGES["image_features"][1])
+    image_job.encode_images(path, dataset, encoder=encoder, image_size=image_size,
+                            features_path=features_path, batch_size=batch_size,
+                            image_dir=image_dir, progress=progress)
+    return [path, item_job.sidecar_path(path)]
+  config = {"dataset": dataset, "encoder": encoder, "size": size}
+  if features_path:
+    config["features_sha256"] = (sha256_file(features_path) if os.path.isfile(features_path)
+                                 else features_path)  # the job names a missing file.
+  if image_dir:
+    config["image_dir"] = os.path.abspath(image_dir)
+  return Stage("image_features", encode_images, config, keep_old=False, shared=True)
 
 
 def model_stages(dataset: DatasetConfig, train_job: Callable[..., dict],

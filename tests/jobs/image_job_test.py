@@ -1,4 +1,4 @@
-"""The image-feature job: artifacts, skip on rerun, the precomputed-features adapter, bad input."""
+"""The image-feature job: artifacts, its stage skipping a rerun, the precomputed-features adapter, bad input."""
 
 import json
 import os
@@ -9,12 +9,14 @@ import pytest
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.jobs import image_job
+from jaxrec.pipeline import stage as stage_lib
+from jaxrec.pipeline import system
 
 TINY = DatasetConfig(name="synthetic", options={"num_items": 12, "num_users": 40,
                                                 "image_size": 16})
 
 
-def test_features_adapter_writes_npy_and_sidecar_and_skips_rerun(tmp_path):
+def test_features_adapter_writes_npy_and_sidecar(tmp_path):
   features = np.random.default_rng(0).normal(size=(12, 5)).astype(np.float32)
   features[3] = 0.0
   src = tmp_path / "mine.npy"
@@ -26,9 +28,25 @@ def test_features_adapter_writes_npy_and_sidecar_and_skips_rerun(tmp_path):
   meta = json.load(open(tmp_path / "out" / "image_features.json"))
   assert meta["modality"] == "image" and meta["dim"] == 5 and meta["num_items"] == 12
   assert meta["encoder_meta"]["zero_rows"] == 1
-  mtime = os.path.getmtime(out)
-  image_job.encode_images(out, TINY, encoder="features", features_path=str(src), progress=False)
-  assert os.path.getmtime(out) == mtime  # Same fingerprint: skipped.
+
+
+
+def test_the_image_stage_skips_a_rerun_and_rebuilds_for_other_features(tmp_path, capsys):
+  """tools/encode_items.py's one-stage pipeline (the job itself always computes): the same
+  precomputed features are skipped, other content rebuilds."""
+  src = tmp_path / "mine.npy"
+  np.save(src, np.ones((12, 5), np.float32))
+
+  def run():
+    stage = system.image_stage(TINY, "features", progress=False, features_path=str(src))
+    return stage_lib.run_pipeline(str(tmp_path / "work"), [stage], progress=False)[
+        "stages"]["image_features"]
+  first = run()
+  assert first["status"] == "ran" and run()["status"] == "skipped"
+  np.save(src, np.full((12, 5), 2.0, np.float32))
+  again = run()
+  assert again["status"] == "ran" and again["fingerprint"] != first["fingerprint"]
+  np.testing.assert_array_equal(np.load(again["artifacts"]["image_features.npy"]), 2.0)
 
 
 def test_efficientnet_features_of_the_synthetic_images(tmp_path):

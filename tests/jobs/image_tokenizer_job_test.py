@@ -1,4 +1,4 @@
-"""The image semantic-ID job through gin: artifacts, agreement stats, skip on rerun, bad input."""
+"""The image semantic-ID job through gin: artifacts, agreement stats, a rerun resuming, bad input."""
 
 import json
 import os
@@ -22,7 +22,7 @@ def _run(workdir, extra=()):
   return configs.run_job(progress=False)
 
 
-def test_job_writes_ids_embeddings_stats_and_skips_a_finished_run(tmp_path):
+def test_job_writes_ids_embeddings_stats_and_a_rerun_resumes_to_the_same_ids(tmp_path):
   stats = _run(tmp_path)
   ids = np.load(tmp_path / "semantic_ids.npy")
   assert ids.shape == (60, 4) and ids.dtype == np.int32
@@ -42,9 +42,12 @@ def test_job_writes_ids_embeddings_stats_and_skips_a_finished_run(tmp_path):
   assert saved["image_report"]["with_image"] == 60
   assert os.path.isfile(tmp_path / "codebook_usage.png")
   assert sorted(os.listdir(tmp_path / "dino_rq_checkpoints"))  # Checkpoints were written.
-  mtime = os.path.getmtime(tmp_path / "semantic_ids.npy")
+  # Jobs never skip themselves: a rerun resumes from the final checkpoint (no step left)
+  # and writes the same IDs.
+  steps = sorted(os.listdir(tmp_path / "dino_rq_checkpoints"))
   assert _run(tmp_path)["fingerprint"] == stats["fingerprint"]
-  assert os.path.getmtime(tmp_path / "semantic_ids.npy") == mtime  # Skipped.
+  np.testing.assert_array_equal(np.load(tmp_path / "semantic_ids.npy"), ids)
+  assert sorted(os.listdir(tmp_path / "dino_rq_checkpoints")) == steps
 
 
 def test_bad_collision_strategy_names_the_binding(tmp_path):

@@ -1,4 +1,4 @@
-"""The semantic-ID job: artifacts, resume after a crash, skipping, and bad input."""
+"""The semantic-ID job: artifacts, resume after a crash, a rerun resuming, and bad input."""
 
 import json
 import os
@@ -96,12 +96,16 @@ def test_second_fit_in_the_same_folder_is_refused(tmp_path, embeddings_file):
       _build(tmp_path, embeddings_file)
 
 
-def test_rerun_skips_and_other_config_refuses_old_checkpoint(tmp_path, embeddings_file):
-  _build(tmp_path, embeddings_file)
-  before = (tmp_path / "semantic_ids.npy").stat().st_mtime_ns
-  _build(tmp_path, embeddings_file)
-  assert (tmp_path / "semantic_ids.npy").stat().st_mtime_ns == before
-  os.remove(tmp_path / "tokenizer_stats.json")
+def test_rerun_resumes_to_the_same_ids_and_other_config_refuses_old_checkpoint(
+    tmp_path, embeddings_file):
+  """Jobs never skip themselves: a rerun resumes from the final checkpoint (nothing left to
+  train) and writes the same IDs; another configuration is refused the old checkpoints."""
+  first = _build(tmp_path, embeddings_file)
+  ids = np.load(tmp_path / "semantic_ids.npy")
+  steps = sorted(os.listdir(tmp_path / "tokenizer_checkpoints"))
+  assert _build(tmp_path, embeddings_file)["fingerprint"] == first["fingerprint"]
+  np.testing.assert_array_equal(np.load(tmp_path / "semantic_ids.npy"), ids)
+  assert sorted(os.listdir(tmp_path / "tokenizer_checkpoints")) == steps
   with pytest.raises(checkpoints.CheckpointError, match="another configuration"):
     _build(tmp_path, embeddings_file, model_config=rqvae.RqVaeConfig(
         hidden_dims=(32,), latent_dim=8, num_levels=2, codebook_size=4))
