@@ -323,89 +323,107 @@ def setup(semantic_ids_path: str, dataset: DatasetConfig, trainer_config: traine
   Args: as `train_generator`; entry names the gin binding in error messages.
   """
   g = generator
-  (model_config, num_user_buckets, decoding, constrained_loss, target_modality,
-   encoder_modalities, modality_mask_rate, position_embeddings, training_layout) = (
-       g.model_config, g.num_user_buckets, g.decoding, g.constrained_loss, g.target_modality,
-       g.encoder_modalities, g.modality_mask_rate, g.position_embeddings, g.training_layout)
-  if training_layout not in TRAINING_LAYOUTS:
-    raise DataError(f"training_layout={training_layout!r} is not one of "
+  _check_generator(g, entry)
+  split = leave_one_out(dataset.load())
+  ids = load_semantic_ids(semantic_ids_path, split.num_items)
+  layout = TokenLayout.for_semantic_ids(ids, num_user_buckets=g.num_user_buckets)
+  segments = modalities_lib.read(semantic_ids_path, layout.num_levels)
+  target_levels, encoder_levels, token_modalities, encoder_names = resolve_modalities(
+      segments, g.target_modality, g.encoder_modalities, entry)
+  if g.training_layout == "decoder_only":
+    # An item's block in the sequence: the generated columns first, then the others read.
+    modality_of = dict(zip(encoder_levels, token_modalities))
+    encoder_levels = tuple(decoder_only_columns(target_levels, encoder_levels))
+    token_modalities = tuple(modality_of.get(c, len(encoder_names)) for c in encoder_levels)
+  target = layout.target(target_levels, f"{entry}.target_modality")
+  t5 = g.model_config(layout.vocab_size)
+  if g.position_embeddings:
+    t5 = dataclasses.replace(
+        t5, item_position_embeddings=trainer_config.max_history,
+        code_position_embeddings=len(encoder_levels), encoder_tokens_per_item=0,
+        encoder_prefix_tokens=1 if g.num_user_buckets else 0)
+  trie = None
+  if g.decoding is not None or g.constrained_loss:
+    trie = _target_trie(target.select(ids), target, g.target_modality, target_levels, entry)
+  model = TRAINING_LAYOUTS[g.training_layout].from_config(
+      t5, target, trie, g.constrained_loss, g.decoding, g.modality_mask_rate,
+      token_modalities, decode_fn=beam_search.beam_search)
+  fp = checkpoint_fingerprint(dataset, t5, layout, ids, g, target_levels, encoder_names,
+                              encoder_levels)
+  popular = int(np.argmax(split.train_item_counts()[1:]) + 1)
+  mh = trainer_config.max_history
+  if g.decoding is None:
+    make = make_recommender_factory(ids, layout, mh, popular, target_levels, encoder_levels)
+  else:
+    make = make_beam_recommender_factory(ids, layout, mh, g.decoding.top_k, popular,
+                                         encoder_levels)
+  if g.training_layout == "per_example":
+    batch_fn, examples = make_batch_fn(ids, layout, mh, target_levels, encoder_levels), None
+  else:
+    batch_fn = make_sequence_batch_fn(ids, layout, target_levels, encoder_levels,
+                                      g.training_layout)
+    examples = windows_lib.split_windows(split, mh)
+  return GeneratorSetup(split, ids, layout, model, fp, batch_fn, make, target_levels,
+                        encoder_levels, segments, examples)
+
+
+def _check_generator(g: GeneratorConfig, entry: str) -> None:
+  """DataError naming the binding for a bad layout, layout / option pair or mask rate."""
+  if g.training_layout not in TRAINING_LAYOUTS:
+    raise DataError(f"training_layout={g.training_layout!r} is not one of "
                     f"{sorted(TRAINING_LAYOUTS)}", path=f"{entry}.training_layout",
                     fix="bind 'item_encoder' or 'decoder_only' (per-sequence) or "
                         "'per_example' (TIGER's).")
-  if training_layout == "decoder_only" and position_embeddings:
+  if g.training_layout == "decoder_only" and g.position_embeddings:
     raise DataError("position_embeddings (MSCGRec's dual position embeddings) apply to the "
                     "per_example and item_encoder layouts, not to training_layout="
                     "'decoder_only' (its item blocks have relative positions only)",
                     path=f"{entry}.position_embeddings",
                     fix="bind POSITION_EMBEDDINGS = False, or TRAINING_LAYOUT = "
                         "'item_encoder'.")
-  split = leave_one_out(dataset.load())
-  ids = load_semantic_ids(semantic_ids_path, split.num_items)
-  layout = TokenLayout.for_semantic_ids(ids, num_user_buckets=num_user_buckets)
-  segments = modalities_lib.read(semantic_ids_path, layout.num_levels)
-  target_levels, encoder_levels, token_modalities, encoder_names = resolve_modalities(
-      segments, target_modality, encoder_modalities, entry)
-  if training_layout == "decoder_only":
-    # An item's block in the sequence: the generated columns first, then the others read.
-    modality_of = dict(zip(encoder_levels, token_modalities))
-    encoder_levels = tuple(decoder_only_columns(target_levels, encoder_levels))
-    token_modalities = tuple(modality_of.get(c, len(encoder_names)) for c in encoder_levels)
-  rate = modality_mask_rate
+  rate = g.modality_mask_rate
   if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
     raise DataError(f"modality_mask_rate must be in [0, 1), got {rate!r}",
                     path=f"{entry}.modality_mask_rate", fix="0 disables modality masking.")
-  target = layout.target(target_levels, f"{entry}.target_modality")
-  target_ids = target.select(ids)
-  t5 = model_config(layout.vocab_size)
-  if position_embeddings:
-    t5 = dataclasses.replace(
-        t5, item_position_embeddings=trainer_config.max_history,
-        code_position_embeddings=len(encoder_levels), encoder_tokens_per_item=0,
-        encoder_prefix_tokens=1 if num_user_buckets else 0)
-  trie = None
-  if decoding is not None or constrained_loss:
-    try:
-      trie = build_trie(target_ids, codebook_sizes=target.codebook_sizes)
-    except DataError as e:
-      if target_modality is None:
-        raise
-      raise DataError(f"the {target_modality!r} columns {list(target_levels)} do not name "
-                      f"one item each ({e})", path=f"{entry}.target_modality",
-                      fix="target a segment that ends in its own collision level.") from e
-  model = TRAINING_LAYOUTS[training_layout].from_config(
-      t5, target, trie, constrained_loss, decoding, rate, token_modalities,
-      decode_fn=beam_search.beam_search)
+
+
+def _target_trie(target_ids: np.ndarray, target, target_modality: Optional[str],
+                 target_levels: Sequence[int], entry: str):
+  """The trie of the generated columns; DataError naming target_modality when a modality's
+  columns do not name one item each."""
+  try:
+    return build_trie(target_ids, codebook_sizes=target.codebook_sizes)
+  except DataError as e:
+    if target_modality is None:
+      raise
+    raise DataError(f"the {target_modality!r} columns {list(target_levels)} do not name "
+                    f"one item each ({e})", path=f"{entry}.target_modality",
+                    fix="target a segment that ends in its own collision level.") from e
+
+
+def checkpoint_fingerprint(dataset: DatasetConfig, t5: T5Config, layout: TokenLayout,
+                           ids: np.ndarray, g: GeneratorConfig, target_levels, encoder_names,
+                           encoder_levels) -> str:
+  """Which checkpoints belong to a setup: the dataset, the T5 config, the layout, the IDs,
+  and the GeneratorConfig options that change training when they are not the defaults (so
+  the defaults keep older runs' checkpoints); not the decoding (evaluation only). Kept in
+  its own hash (not `fingerprints.fingerprint`) so every trained checkpoint still resumes."""
   parts = [dataclasses.asdict(dataset), t5.fingerprint_dict(), str(layout),
            hashlib.sha256(ids.tobytes()).hexdigest()]
-  if constrained_loss:
+  if g.constrained_loss:
     parts.append("constrained_loss")
-  if target_modality is not None:
-    parts.append({"target_modality": target_modality, "target_levels": target_levels})
-  if encoder_modalities is not None:
+  if g.target_modality is not None:
+    parts.append({"target_modality": g.target_modality, "target_levels": target_levels})
+  if g.encoder_modalities is not None:
     parts.append({"encoder_modalities": encoder_names, "encoder_levels": encoder_levels})
-  if rate:
-    parts.append({"modality_mask_rate": float(rate)})
-  if position_embeddings:
+  if g.modality_mask_rate:
+    parts.append({"modality_mask_rate": float(g.modality_mask_rate)})
+  if g.position_embeddings:
     parts.append("position_embeddings")
-  if training_layout != "per_example":
-    parts.append({"training_layout": training_layout})
+  if g.training_layout != "per_example":
+    parts.append({"training_layout": g.training_layout})
   blob = json.dumps(parts, sort_keys=True, default=str)
-  fp = hashlib.sha256(blob.encode()).hexdigest()[:16]
-  popular = int(np.argmax(split.train_item_counts()[1:]) + 1)
-  mh = trainer_config.max_history
-  if decoding is None:
-    make = make_recommender_factory(ids, layout, mh, popular, target_levels, encoder_levels)
-  else:
-    make = make_beam_recommender_factory(ids, layout, mh, decoding.top_k, popular,
-                                         encoder_levels)
-  if training_layout == "per_example":
-    batch_fn, examples = make_batch_fn(ids, layout, mh, target_levels, encoder_levels), None
-  else:
-    batch_fn = make_sequence_batch_fn(ids, layout, target_levels, encoder_levels,
-                                      training_layout)
-    examples = windows_lib.split_windows(split, mh)
-  return GeneratorSetup(split, ids, layout, model, fp, batch_fn, make, target_levels,
-                        encoder_levels, segments, examples)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def train_generator(workdir: str, semantic_ids_path: str,
