@@ -16,10 +16,11 @@ RESULTS = "results.md"
 
 def report(workdir: str, dataset: DatasetConfig, results: Sequence[StageResult],
            progress: bool = True, model_stage: Optional[str] = "generator",
-           extra: Optional[dict] = None) -> dict:
+           seconds: Optional[float] = None, extra: Optional[dict] = None) -> dict:
   """The summary fields of a system run (metrics, baselines, curve, `extra`); writes
   `<workdir>/results.md`. `model_stage` names the trained model's stage and table row
-  (None: a run of the "baselines" stage alone, whose rows make the table)."""
+  (None: a run of the "baselines" stage alone, whose rows make the table); `seconds` is
+  the run's wall time (default: the sum of its stages')."""
   trained = [r for r in results if r.name == model_stage]
   train_summary = (files.read_json(trained[0].path("train_summary.json")) or {}) if trained else {}
   by_name = {r.name: r for r in results}
@@ -35,7 +36,9 @@ def report(workdir: str, dataset: DatasetConfig, results: Sequence[StageResult],
     summary["valid_curve"] = curve
   table = results_markdown({**summary, "workdir": os.path.abspath(workdir),
                             "stages": {r.name: vars(r) for r in results},
-                            "seconds": sum(r.seconds for r in results)})
+                            "seconds": (sum(r.seconds for r in results) if seconds is None
+                                        else seconds),
+                            "build_seconds": sum(r.build_seconds for r in results)})
   files.write_text(os.path.join(workdir, RESULTS), table)
   if progress:
     print(table, flush=True)
@@ -104,7 +107,8 @@ def results_markdown(summary: dict, which: str = "test") -> str:
   for s in summary["stages"].values():
     lines.append(f"| {s['name']} | {s['status']} | {duration(s['seconds'])} | "
                  f"{duration(s['build_seconds'])} |")
-  lines += ["", f"Total this run: {duration(summary['seconds'])}. Artifacts: "
+  lines += ["", f"Total this run: {duration(summary['seconds'])} (wall time); to build every "
+            f"stage: {duration(summary.get('build_seconds', summary['seconds']))}. Artifacts: "
             f"{summary['workdir']} (pipeline_summary.json lists them)."]
   return "\n".join(lines) + "\n"
 

@@ -128,7 +128,7 @@ class StageResult:
 
 def run_pipeline(workdir: str, stages: Sequence[Stage], cache: Optional[str] = None,
                  progress: bool = True,
-                 report: Optional[Callable[[Sequence[StageResult]], Mapping]] = None
+                 report: Optional[Callable[[Sequence[StageResult], float], Mapping]] = None
                  ) -> dict:
   """Runs `stages` in order in `workdir`, each unless its folder holds its result.
 
@@ -137,8 +137,8 @@ def run_pipeline(workdir: str, stages: Sequence[Stage], cache: Optional[str] = N
     stages: the stages; a stage may need only earlier ones.
     cache: the feature cache folder for `shared` stages (None: they live in workdir).
     progress: one "[k/n] name: ..." status line per stage.
-    report: `report(results) -> extra summary fields`, called after the last stage
-      (e.g. to write results.md).
+    report: `report(results, seconds) -> extra summary fields`, called after the last
+      stage with the run's wall time so far (e.g. to write results.md).
 
   Returns:
     The summary (also `<workdir>/pipeline_summary.json`): "stages" {name: StageResult
@@ -167,7 +167,7 @@ def run_pipeline(workdir: str, stages: Sequence[Stage], cache: Optional[str] = N
              "seconds": round(time.perf_counter() - started, 2),
              "stages": {r.name: dataclasses.asdict(r) for r in done}}
   if report is not None:
-    summary.update(report(done))
+    summary.update(report(done, summary["seconds"]))
   files.write_json(os.path.join(workdir, SUMMARY), summary, sort_keys=True)
   return summary
 

@@ -297,10 +297,10 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
 
   stages.insert(0, baselines_stage(dataset, baselines_job, progress))
 
-  def report(results: Sequence[StageResult]) -> dict:
+  def report(results: Sequence[StageResult], seconds: float) -> dict:
     features = _features({r.name: r for r in results if r.name in FEATURE_STAGES})
     return report_lib.report(workdir, dataset, results, progress,
-                             model_stage if train_job is not None else None, extra={
+                             model_stage if train_job is not None else None, seconds, extra={
         "system": system, "modalities": list(used), "absent_modalities": absent,
         "features": features, "training_seconds": {r.name: r.build_seconds for r in results}})
   return run_pipeline(workdir, stages, feature_cache, progress, report)

@@ -161,3 +161,14 @@ def test_later_stages_hash_only_what_a_stage_provides(tmp_path):
   assert _statuses(summary) == {"ids": "ran", "model": "ran"}
   with pytest.raises(stage_lib.PipelineError, match="none of which its job returned"):
     stage_lib.run_pipeline(str(tmp_path), stages({"v": 4}, "2 s", provides=("typo.npy",)))
+
+
+def test_the_report_gets_the_run_wall_time(tmp_path):
+  """results.md's total is the run's wall time (the stages' sum leaves out the engine's own
+  work between them)."""
+  calls = []
+  summary = stage_lib.run_pipeline(
+      str(tmp_path), [Stage("a", _writer(calls, "a"), {"x": 1})], progress=False,
+      report=lambda results, seconds: {"reported": seconds, "names": [r.name for r in results]})
+  assert summary["reported"] == summary["seconds"] >= summary["stages"]["a"]["seconds"]
+  assert summary["names"] == ["a"]
