@@ -19,6 +19,7 @@ import tqdm
 from jaxrec import files
 from jaxrec import metrics as metrics_lib
 from jaxrec.data.dataset import PAD_ITEM
+from jaxrec.data.errors import DataError
 from jaxrec.data.splits import EvalExamples, LeaveOneOutSplit
 
 Recommender = Callable[[np.ndarray, int], np.ndarray]
@@ -276,6 +277,8 @@ def evaluate_and_save(recommend: Recommender, split, which: str,
   cold-start threshold and bootstrap, keeps the JSON part of the result, adds
   "eval_seconds" and "users_per_second" and then the model's `extra` fields, writes
   the file on process 0 and (with progress) prints the overall recall/ndcg values.
+  The per-user ranks go beside it, `<workdir>/eval/<split>_ranks.npz` (`save_ranks`),
+  for paired comparisons of runs on the same users (`paired_difference`).
 
   Args:
     recommend: the model's recommender (see `evaluation.evaluate`).
@@ -302,13 +305,64 @@ def evaluate_and_save(recommend: Recommender, split, which: str,
       cold_start_threshold=eval_config.cold_start_threshold,
       num_bootstrap=eval_config.num_bootstrap, progress=progress)
   seconds = time.perf_counter() - started
+  arrays = {k: result[k] for k in ARRAY_KEYS}
   result = {k: v for k, v in result.items() if k not in ARRAY_KEYS}
   result.update(eval_seconds=seconds, users_per_second=result["num_examples"] / seconds)
   result.update(extra() if callable(extra) else extra)
   if jax.process_index() == 0:
+    save_ranks(ranks_path(workdir, which), arrays)
     write_json(result, os.path.join(workdir, "eval", f"{which}_metrics.json"))
   if progress:
     m = result["metrics"]["overall"]
     print(f"{which}: " + ", ".join(f"{k}={m[k]['mean']:.4f}" for k in sorted(m)
                                    if k.startswith(("recall@", "ndcg@"))))
   return result
+
+
+def ranks_path(workdir: str, which: str) -> str:
+  """`<workdir>/eval/<which>_ranks.npz`: the per-user ranks `evaluate_and_save` writes."""
+  return os.path.join(workdir, "eval", f"{which}_ranks.npz")
+
+
+def save_ranks(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+  """Writes an evaluation's per-example arrays (ranks, users, targets, is_cold) atomically."""
+  files.write_atomically(path, lambda f: np.savez_compressed(
+      f, **{k: np.asarray(arrays[k]) for k in ARRAY_KEYS}))
+
+
+def load_ranks(path: str) -> dict:
+  """The arrays of `save_ranks` (path: the .npz, or the run's `<split>_metrics.json` beside
+  it). Raises DataError when the file is missing or lacks a field."""
+  if path.endswith("_metrics.json"):
+    path = path[:-len("_metrics.json")] + "_ranks.npz"
+  if not os.path.isfile(path):
+    raise DataError("no per-user ranks for this evaluation", path=path,
+                    fix="re-run the evaluation (evaluate_and_save writes <split>_ranks.npz "
+                        "beside <split>_metrics.json since 2026-12-07), e.g. tools/evaluate.py.")
+  with np.load(path) as data:
+    missing = [k for k in ARRAY_KEYS if k not in data]
+    if missing:
+      raise DataError(f"the ranks file lacks {missing}", path=path,
+                      fix="re-run the evaluation to rewrite it.")
+    return {k: data[k] for k in ARRAY_KEYS}
+
+
+def paired_difference(path_a: str, path_b: str, metric: str = "recall@10",
+                      num_resamples: int = 1000, seed: int = 0) -> dict:
+  """`metrics.paired_difference` of two saved evaluations (A - B) on the same users.
+
+  Args:
+    path_a, path_b: each run's `<split>_ranks.npz` or `<split>_metrics.json`.
+    metric, num_resamples, seed: as `metrics.paired_difference`.
+
+  Raises:
+    DataError: the two evaluations are not of the same examples (users and targets in
+      the same order: the same dataset, split and evaluation sample).
+  """
+  a, b = load_ranks(path_a), load_ranks(path_b)
+  if not (np.array_equal(a["users"], b["users"]) and np.array_equal(a["targets"], b["targets"])):
+    raise DataError(f"the two evaluations rank different examples ({len(a['users'])} vs "
+                    f"{len(b['users'])} users, or another order)", path=f"{path_a} | {path_b}",
+                    fix="compare runs of the same dataset and split, evaluated on all users.")
+  return metrics_lib.paired_difference(a["ranks"], b["ranks"], metric, num_resamples,
+                                       seed=seed)

@@ -7,6 +7,7 @@ import pytest
 
 from jaxrec import evaluation, metrics
 from jaxrec.data.dataset import ItemTable, SequentialDataset
+from jaxrec.data.errors import DataError
 from jaxrec.data.splits import leave_one_out
 
 NUM_ITEMS = 10
@@ -200,3 +201,27 @@ def test_falsy_takes_users_keeps_histories_only_call(split):
   rec = _ByUser(split.test.targets, takes_users=False)
   run(rec, split, ks=(2,))
   assert all(users is None for _, users in rec.calls)
+
+
+def test_saved_ranks_give_the_paired_difference_of_two_runs(split, tmp_path):
+  """evaluate_and_save writes <split>_ranks.npz beside the metrics; two runs on the same
+  users compare per user (oracle vs a fixed list: ranks 0 vs [1, 0, 2, absent])."""
+  config = evaluation.EvalConfig(ks=(1, 3), num_bootstrap=50)
+  for name, rec in (("oracle", oracle(split)), ("fixed", fixed([6, 4, 7, 1, 2, 3, 5, 8, 9, 10]))):
+    evaluation.evaluate_and_save(rec, split, "test", config, str(tmp_path / name), None,
+                                 progress=False)
+  saved = evaluation.load_ranks(str(tmp_path / "fixed" / "eval" / "test_metrics.json"))
+  np.testing.assert_array_equal(saved["ranks"], [1, 0, 2, metrics.NOT_FOUND])
+  assert "ranks" not in json.load(open(tmp_path / "fixed" / "eval" / "test_metrics.json"))
+  out = evaluation.paired_difference(str(tmp_path / "oracle" / "eval" / "test_ranks.npz"),
+                                     str(tmp_path / "fixed" / "eval" / "test_metrics.json"),
+                                     "recall@1", num_resamples=100)
+  assert (out["a"], out["b"], out["diff"], out["n"]) == (1.0, 0.25, 0.75, 4)
+  # Another split ranks other examples: refused, not compared.
+  evaluation.evaluate_and_save(oracle(split, "valid"), split, "valid", config,
+                               str(tmp_path / "oracle"), None, progress=False)
+  with pytest.raises(DataError, match="different examples"):
+    evaluation.paired_difference(str(tmp_path / "oracle" / "eval" / "valid_ranks.npz"),
+                                 str(tmp_path / "fixed" / "eval" / "test_ranks.npz"))
+  with pytest.raises(DataError, match="no per-user ranks"):
+    evaluation.load_ranks(str(tmp_path / "nothing_metrics.json"))

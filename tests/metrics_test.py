@@ -74,3 +74,29 @@ def test_summarize_with_mask_and_empty_slice():
   assert empty["mrr@1"] == {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
   no_ci = metrics.summarize(per, num_resamples=0)
   assert no_ci["recall@1"]["ci_low"] is None and no_ci["recall@1"]["mean"] == 0.5
+
+
+def test_paired_difference_known_answers():
+  nf = metrics.NOT_FOUND
+  a, b = np.array([0, 5, nf, 2]), np.array([nf, 5, 1, nf])
+  out = metrics.paired_difference(a, b, "recall@3", num_resamples=200)
+  assert (out["a"], out["b"], out["diff"], out["n"]) == (0.5, 0.25, 0.25, 4)
+  assert out["ci_low"] <= 0.25 <= out["ci_high"] and not out["excludes_zero"]
+  # One run better on every user: the interval is exactly that and excludes 0.
+  same = metrics.paired_difference(np.zeros(50, int), np.full(50, nf), "ndcg@1")
+  assert same["diff"] == same["ci_low"] == same["ci_high"] == 1.0 and same["excludes_zero"]
+  # The same run: a zero-width interval at 0, which does not exclude 0.
+  zero = metrics.paired_difference(a, a)
+  assert zero["diff"] == zero["ci_low"] == zero["ci_high"] == 0.0 and not zero["excludes_zero"]
+  # Paired beats unpaired: a small shared-user gain shows where the two runs' own CIs overlap.
+  rng = np.random.default_rng(0)
+  base = np.where(rng.random(4000) < 0.3, 0, nf)
+  better = np.where(rng.random(4000) < 0.03, 0, base)  # 3 % of the users gain a hit.
+  paired = metrics.paired_difference(better, base, "recall@10")
+  lo_a, _ = metrics.bootstrap_ci(metrics.recall_at_k(better, 10))
+  _, hi_b = metrics.bootstrap_ci(metrics.recall_at_k(base, 10))
+  assert paired["excludes_zero"] and paired["ci_low"] > 0 and lo_a < hi_b
+  with pytest.raises(ValueError, match="same examples"):
+    metrics.paired_difference(a, a[:3])
+  with pytest.raises(ValueError, match="recall@K"):
+    metrics.paired_difference(a, b, "hits@10")

@@ -75,8 +75,8 @@ def evaluate_baselines(workdir: str, dataset: DatasetConfig = DatasetConfig(),
           max_history=eval_config.max_history, exclude_history=eval_config.exclude_history,
           cold_start_threshold=eval_config.cold_start_threshold,
           num_bootstrap=eval_config.num_bootstrap, seed=seed, progress=progress)
-      result = {k: v for k, v in result.items()
-                if k not in ("ranks", "users", "targets", "is_cold")}
+      evaluation.save_ranks(os.path.join(workdir, name, f"{which}_ranks.npz"), result)
+      result = {k: v for k, v in result.items() if k not in evaluation.ARRAY_KEYS}
       result.update(model=name, fit_seconds=fit_seconds)
       evaluation.write_json(result, path)
       results[name][which] = result

@@ -85,9 +85,16 @@ def baselines_stage(dataset: DatasetConfig, job: Callable[..., dict], progress: 
   def evaluate(folder, inputs):
     del inputs
     results = job(workdir=folder, progress=progress, **passed)
-    return [os.path.join(folder, baseline, f"{which}_metrics.json")
-            for baseline, splits in results.items() for which in splits]
+    return _with_ranks([os.path.join(folder, baseline, f"{which}_metrics.json")
+                        for baseline, splits in results.items() for which in splits])
   return Stage("baselines", evaluate, {"job": name, **job_config(job, passed)})
+
+
+def _with_ranks(metric_paths: Sequence[str]) -> list:
+  """The metrics files and the per-user ranks saved beside them (`evaluation.save_ranks`;
+  what paired comparisons read), where there are any."""
+  ranks = [p[:-len("_metrics.json")] + "_ranks.npz" for p in metric_paths]
+  return list(metric_paths) + [p for p in ranks if os.path.isfile(p)]
 
 
 def effective_modalities(modalities: Sequence[str], has_images: bool) -> tuple:
@@ -208,7 +215,7 @@ def model_stages(dataset: DatasetConfig, train_job: Callable[..., dict],
     if missing:
       raise DataError("the evaluation job did not write its metrics", path=missing[0],
                       fix="check eval_job: it must write <workdir>/eval/<split>_metrics.json.")
-    return paths
+    return _with_ranks(paths)
 
   return [Stage(name, train, job_config(train_job, passed, RESUMABLE_FIELDS), needs=needs,
                 resumable=resumable_settings(train_job, passed)),
