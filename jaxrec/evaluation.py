@@ -347,22 +347,36 @@ def load_ranks(path: str) -> dict:
     return {k: data[k] for k in ARRAY_KEYS}
 
 
-def paired_difference(path_a: str, path_b: str, metric: str = "recall@10",
-                      num_resamples: int = 1000, seed: int = 0) -> dict:
-  """`metrics.paired_difference` of two saved evaluations (A - B) on the same users.
+def paired_difference(path_a: Union[str, Sequence[str]], path_b: Union[str, Sequence[str]],
+                      metric: str = "recall@10", num_resamples: int = 1000,
+                      seed: int = 0) -> dict:
+  """`metrics.paired_difference` of saved evaluations (A - B) on the same users.
 
   Args:
-    path_a, path_b: each run's `<split>_ranks.npz` or `<split>_metrics.json`.
+    path_a, path_b: each run's `<split>_ranks.npz` or `<split>_metrics.json`; or equal-length
+      lists of them (e.g. one per seed, paired seed by seed): the pairs' per-user values
+      are pooled (user-seed pairs resampled).
     metric, num_resamples, seed: as `metrics.paired_difference`.
 
   Raises:
-    DataError: the two evaluations are not of the same examples (users and targets in
-      the same order: the same dataset, split and evaluation sample).
+    DataError: two paired evaluations are not of the same examples (users and targets in
+      the same order: the same dataset, split and evaluation sample), or lists of
+      different lengths.
   """
-  a, b = load_ranks(path_a), load_ranks(path_b)
-  if not (np.array_equal(a["users"], b["users"]) and np.array_equal(a["targets"], b["targets"])):
-    raise DataError(f"the two evaluations rank different examples ({len(a['users'])} vs "
-                    f"{len(b['users'])} users, or another order)", path=f"{path_a} | {path_b}",
-                    fix="compare runs of the same dataset and split, evaluated on all users.")
-  return metrics_lib.paired_difference(a["ranks"], b["ranks"], metric, num_resamples,
-                                       seed=seed)
+  paths_a = [path_a] if isinstance(path_a, str) else list(path_a)
+  paths_b = [path_b] if isinstance(path_b, str) else list(path_b)
+  if len(paths_a) != len(paths_b) or not paths_a:
+    raise DataError(f"paired evaluations need equal, non-empty lists ({len(paths_a)} vs "
+                    f"{len(paths_b)} files)", fix="pair every run with one reference run.")
+  ranks_a, ranks_b = [], []
+  for pa, pb in zip(paths_a, paths_b):
+    a, b = load_ranks(pa), load_ranks(pb)
+    if not (np.array_equal(a["users"], b["users"])
+            and np.array_equal(a["targets"], b["targets"])):
+      raise DataError(f"the two evaluations rank different examples ({len(a['users'])} vs "
+                      f"{len(b['users'])} users, or another order)", path=f"{pa} | {pb}",
+                      fix="compare runs of the same dataset and split, evaluated on all users.")
+    ranks_a.append(a["ranks"])
+    ranks_b.append(b["ranks"])
+  return metrics_lib.paired_difference(np.concatenate(ranks_a), np.concatenate(ranks_b),
+                                       metric, num_resamples, seed=seed)
