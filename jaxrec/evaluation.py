@@ -349,14 +349,14 @@ def load_ranks(path: str) -> dict:
 
 def paired_difference(path_a: Union[str, Sequence[str]], path_b: Union[str, Sequence[str]],
                       metric: str = "recall@10", num_resamples: int = 1000,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, confidence: float = 0.95) -> dict:
   """`metrics.paired_difference` of saved evaluations (A - B) on the same users.
 
   Args:
     path_a, path_b: each run's `<split>_ranks.npz` or `<split>_metrics.json`; or equal-length
       lists of them (e.g. one per seed, paired seed by seed): the pairs' per-user values
       are pooled (user-seed pairs resampled).
-    metric, num_resamples, seed: as `metrics.paired_difference`.
+    metric, num_resamples, seed, confidence: as `metrics.paired_difference`.
 
   Raises:
     DataError: two paired evaluations are not of the same examples (users and targets in
@@ -379,4 +379,4 @@ def paired_difference(path_a: Union[str, Sequence[str]], path_b: Union[str, Sequ
     ranks_a.append(a["ranks"])
     ranks_b.append(b["ranks"])
   return metrics_lib.paired_difference(np.concatenate(ranks_a), np.concatenate(ranks_b),
-                                       metric, num_resamples, seed=seed)
+                                       metric, num_resamples, confidence, seed)

@@ -13,12 +13,16 @@ Then every `{valid,test}_metrics.json` under each run folder (`superseded/` stag
 folders excluded) becomes one record per (run, model, seed, split), and the
 records of one (run, model) are aggregated over seeds: the mean of the per-seed
 means with a t-interval over seeds, or, with one seed, the run's bootstrap CI.
-`write_reports` writes `sweep_results.{md,csv,png}` atomically. In code:
+`write_reports` writes `sweep_results.{md,csv,png}` atomically; given a reference run
+(`RUN` or `RUN:MODEL`) the Markdown also gets a table of paired comparisons with it
+(`paired_with`: the paired bootstrap of the per-user difference on the same users,
+seed by seed, from the `<split>_ranks.npz` beside each metrics file). In code:
 
   runs = sweep_spec.with_common(sweep_spec.read_spec(path), gin_files, bindings)
   # (or sweep_spec.runs_from_gin_files(globs))
   results = run_all(plan(runs, sweep_dir), max_parallel=2)
-  write_reports(sweep_dir, collect(results), metrics=("recall@10", "ndcg@10"))
+  write_reports(sweep_dir, collect(results), metrics=("recall@10", "ndcg@10"),
+                reference="sasrec")
 
 The spec format and its parser (`read_spec`, `with_common`, `runs_from_gin_files`,
 `RunSpec`, `SpecError`): `jaxrec.sweep_spec`. The rendering of the reports (Markdown, CSV,
@@ -43,10 +47,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tqdm
 
+from jaxrec import evaluation
 from jaxrec import files
 from jaxrec import sweep_reports
+from jaxrec.data.errors import DataError
 from jaxrec.sweep_reports import REPORT_NAMES, error_line  # noqa: F401  (also sweep.REPORT_NAMES)
-from jaxrec.sweep_spec import RunSpec, check_runs
+from jaxrec.sweep_spec import RunSpec, SpecError, check_runs
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 RUN_TOOL = REPO_ROOT / "tools" / "run.py"
@@ -344,19 +350,106 @@ def _single(value: Optional[dict]) -> Optional[dict]:
   return dict(mean=value["mean"], low=value.get("ci_low"), high=value.get("ci_high"))
 
 
+# ---------------------------------------------------------------------------- paired
+
+
+def parse_reference(reference: str) -> Tuple[str, Optional[str]]:
+  """"RUN" or "RUN:MODEL" -> (run, model or None); run names cannot hold ':'."""
+  run, _, model = reference.partition(":")
+  if not run:
+    raise SpecError(f"bad reference {reference!r}",
+                    fix="pass --reference=RUN or --reference=RUN:MODEL (a run of the sweep).")
+  return run, model or None
+
+
+def paired_with(records: Sequence[dict], reference: str, metrics: Sequence[str] = DEFAULT_METRICS,
+                split: str = "test", confidence: float = 0.95, num_resamples: int = 1000,
+                seed: int = 0) -> Dict[tuple, dict]:
+  """Every (run, model) of a split against the reference run, on the same users.
+
+  The reference's records are paired with each row's seed by seed (a reference with one
+  seed, or none, is paired with every seed of the row); each pair's per-user values are
+  pooled and resampled together (`evaluation.paired_difference`), so the interval is of
+  the difference A - reference on the same users. Slice metrics ("cold_start/...") are
+  not paired.
+
+  Args:
+    records: `collect`'s records.
+    reference: "RUN", or "RUN:MODEL" when the run evaluates several models.
+    metrics, split, confidence: as `summarize`.
+    num_resamples, seed: the bootstrap's.
+
+  Returns:
+    {(run, model): {"reference": "RUN:MODEL", "seeds": [paired seeds], metric: the
+    `metrics.paired_difference` dict, or {"error": why not (no per-user ranks, other
+    users, no common seed)}}} for every row but the reference.
+
+  Raises:
+    SpecError: the reference names no run or model of the split, or a run with several
+      models without saying which.
+  """
+  ref_run, ref_model = parse_reference(reference)
+  in_split = [r for r in records if r["split"] == split and r["model"] is not None]
+  ref_models = sorted({r["model"] for r in in_split if r["run"] == ref_run})
+  if not ref_models:
+    runs = ", ".join(sorted({r["run"] for r in in_split})) or "none"
+    raise SpecError(f"reference run {ref_run!r} has no {split} metrics",
+                    fix=f"name a run of this sweep that has them ({runs}).")
+  if ref_model is None and len(ref_models) > 1:
+    raise SpecError(f"reference run {ref_run!r} evaluates several models "
+                    f"({', '.join(ref_models)})", fix=f"say which: --reference={ref_run}:"
+                    f"{ref_models[0]}")
+  ref_model = ref_model or ref_models[0]
+  if ref_model not in ref_models:
+    raise SpecError(f"reference run {ref_run!r} has no model {ref_model!r}",
+                    fix=f"one of: {', '.join(ref_models)}.")
+  refs = {r["seed"]: r for r in in_split if (r["run"], r["model"]) == (ref_run, ref_model)}
+  groups: Dict[tuple, List[dict]] = {}
+  for r in in_split:
+    if (r["run"], r["model"]) != (ref_run, ref_model):
+      groups.setdefault((r["run"], r["model"]), []).append(r)
+  out = {}
+  for key, group in groups.items():
+    if len(refs) == 1:
+      pairs = [(r, next(iter(refs.values()))) for r in group]
+    else:
+      pairs = [(r, refs[r["seed"]]) for r in group if r["seed"] in refs]
+    entry = {"reference": f"{ref_run}:{ref_model}", "seeds": [a["seed"] for a, _ in pairs]}
+    for m in metrics:
+      if "/" in m:
+        entry[m] = {"error": "slices are not paired"}
+      elif not pairs:
+        entry[m] = {"error": f"no seed in common with the reference (seeds "
+                             f"{sorted(refs, key=str)})"}
+      else:
+        try:
+          entry[m] = evaluation.paired_difference(
+              [a["path"] for a, _ in pairs], [b["path"] for _, b in pairs], m,
+              num_resamples, seed, confidence)
+        except DataError as e:
+          entry[m] = {"error": e.problem}
+    out[key] = entry
+  return out
+
+
 # ---------------------------------------------------------------------------- reports
 
 
 def write_reports(sweep_dir: str, records: Sequence[dict],
                   metrics: Sequence[str] = DEFAULT_METRICS, split: str = "test",
-                  confidence: float = 0.95) -> Dict[str, str]:
+                  confidence: float = 0.95, reference: Optional[str] = None) -> Dict[str, str]:
   """Writes sweep_results.md and .png (the split's rows) and .csv (every split), atomically
-  (`jaxrec.sweep_reports` renders the `summarize` rows).
+  (`jaxrec.sweep_reports` renders the `summarize` rows); with a reference run the Markdown
+  gets the `paired_with` table too (each row's "paired").
 
   Returns:
     {"md", "csv", "png"} -> path.
   """
   rows = summarize(records, metrics, split, confidence)
+  if reference:
+    paired = paired_with(records, reference, metrics, split, confidence)
+    for row in rows:
+      row["paired"] = paired.get((row["run"], row["model"]))
   splits = [split] + [s for s in SPLITS if s != split and any(r["split"] == s for r in records)]
   all_rows = rows + [r for s in splits[1:] for r in summarize(records, metrics, s, confidence)
                      if r["model"] is not None]

@@ -99,6 +99,7 @@ def markdown(rows: Sequence[dict], metrics: Sequence[str], split: str, log_name:
             r["run"], r["model"] or "-", "-" if s["seed"] is None else s["seed"],
             *(_fmt(s["metrics"][m]) for m in metrics), _seconds(s["seconds"]),
             _minutes(s["train_seconds"]), s["status"])) + " |")
+  lines += paired_table(rows, metrics)
   failed = {s["run_dir"]: (r["run"], s) for r in rows for s in r["per_seed"]
             if s["status"] == "failed"}
   lines += ["", "## Failed runs"] * bool(failed)
@@ -108,6 +109,35 @@ def markdown(rows: Sequence[dict], metrics: Sequence[str], split: str, log_name:
     log = os.path.join(s["run_dir"], log_name)
     lines += ["", f"`{run}`{seed}: {code}, log {log}", "", "```", s["error"], "```"]
   return "\n".join(lines) + "\n"
+
+
+def paired_table(rows: Sequence[dict], metrics: Sequence[str]) -> list:
+  """The "## Paired with REF" section (lines) of the rows that have a "paired" entry
+  (`sweep.paired_with`); [] when none has."""
+  paired = [r for r in rows if r.get("paired")]
+  if not paired:
+    return []
+  lines = ["", f"## Paired with `{paired[0]['paired']['reference']}` (same users)", "",
+           "Difference of the per-user metric, run minus reference, on the same users: mean "
+           "(95% paired bootstrap interval; the users of every paired seed resampled together). "
+           "**bold**: the interval excludes 0, so the two differ on these users.", "",
+           "| run | model | seeds paired | " + " | ".join(f"{m} difference" for m in metrics)
+           + " |", "|---" * (len(metrics) + 3) + "|"]
+  for r in paired:
+    p = r["paired"]
+    seeds = ",".join("-" if s is None else str(s) for s in p["seeds"]) or "none"
+    lines.append("| " + " | ".join(_cell(c) for c in (
+        r["run"], r["model"], seeds, *(_difference(p.get(m)) for m in metrics))) + " |")
+  return lines
+
+
+def _difference(value: Optional[dict]) -> str:
+  if not value:
+    return "-"
+  if "error" in value:
+    return f"- ({value['error']})"
+  text = f"{value['diff']:+.4f} ({value['ci_low']:+.4f} to {value['ci_high']:+.4f})"
+  return f"**{text}**" if value["excludes_zero"] else text
 
 
 def to_csv(rows: Sequence[dict], metrics: Sequence[str]) -> str:

@@ -9,11 +9,15 @@ import io
 import json
 import os
 import pathlib
+import re
 
 from absl import flags
+import numpy as np
 import pytest
 
+from jaxrec import evaluation
 from jaxrec import files
+from jaxrec import metrics
 from jaxrec import sweep
 from jaxrec import sweep_spec
 
@@ -166,11 +170,20 @@ def test_two_run_sweep_writes_reports_and_skips_finished_runs(tmp_path, capsys):
 
   # A rerun skips both runs: no new log, the reports are rewritten from the same metrics.
   logs = {run: os.stat(out / run / sweep.LOG).st_mtime_ns for run in ("kept", "excluded")}
-  assert _run_tool([f"--spec={spec}", f"--sweep_dir={out}", "--progress=false"]) == 0
+  assert _run_tool([f"--spec={spec}", f"--sweep_dir={out}", "--progress=false",
+                    "--reference=kept:most_popular"]) == 0
   assert "2 runs: 0 ran, 0 ran again (command changed), 2 finished before" in (
       capsys.readouterr().out)
   assert logs == {run: os.stat(out / run / sweep.LOG).st_mtime_ns for run in logs}
-  assert "| kept | random | synthetic | 1 | " in (out / "sweep_results.md").read_text()
+  md = (out / "sweep_results.md").read_text()
+  assert "| kept | random | synthetic | 1 | " in md
+  # --reference: every other (run, model) against it on the same users, from the saved ranks.
+  assert "## Paired with `kept:most_popular` (same users)" in md
+  assert re.search(r"\| excluded \| most_popular \| - \| \**[+-]\d\.\d{4} \(", md)
+  assert re.search(r"\| kept \| cooccurrence \| - \| \**[+-]\d\.\d{4} \(", md)
+  assert _run_tool([f"--spec={spec}", f"--sweep_dir={out}", "--progress=false",
+                    "--reference=nope"]) == 2  # refused before any run
+  assert "reference run 'nope' is not a run of this sweep" in capsys.readouterr().err
   assert {r["status"] for r in _csv_rows(out / "sweep_results.csv")} == {"skipped"}
 
   # A changed command is run again, and the result says what changed.
@@ -287,3 +300,84 @@ def test_aggregation_over_seeds_known_answers(tmp_path):
       ("two", "test", "0"), ("two", "test", "1"), ("two", "test", "mean"),
       ("one", "test", ""), ("broken", "", ""), ("one", "valid", "")]
   assert open(paths["png"], "rb").read().startswith(b"\x89PNG")
+
+
+# ---------------------------------------------------------------------------- paired
+
+
+def _evaluated(run_dir, model, ranks, users=None, ranks_file=True):
+  """A run folder's <model>/test_metrics.json and, beside it, test_ranks.npz."""
+  ranks = np.asarray(ranks, np.int64)
+  folder = pathlib.Path(run_dir) / model
+  _metrics_json(folder / "test_metrics.json", model, float(np.mean(ranks < 10)), 0.0)
+  if ranks_file:
+    n = len(ranks)
+    evaluation.save_ranks(str(folder / "test_ranks.npz"), dict(
+        ranks=ranks, users=np.arange(n) if users is None else np.asarray(users),
+        targets=np.arange(n) + 100, is_cold=np.zeros(n, bool)))
+
+
+def test_paired_comparison_with_a_reference_run_known_answers(tmp_path):
+  n, miss = 50, metrics.NOT_FOUND
+  runs = [sweep_spec.RunSpec(name, ("x.gin",), seeds=(0, 1), seed_bindings=("SEED",))
+          for name in ("ref", "same", "better")]
+  runs += [sweep_spec.RunSpec(name, ("x.gin",)) for name in ("single", "old", "other_users")]
+  plan = sweep.plan(runs, str(tmp_path))
+  planned = {(p.name, p.seed): p.run_dir for p in plan}
+  # The reference misses every target with seed 0 and ranks every one first with seed 1.
+  _evaluated(planned["ref", 0], "m", [miss] * n)
+  _evaluated(planned["ref", 1], "m", [0] * n)
+  _evaluated(planned["ref", 1], "extra", [0] * n)  # a second model of the reference run
+  # "same" equals the reference seed by seed: exactly 0 (paired across seeds it would be +-1).
+  _evaluated(planned["same", 0], "m", [miss] * n)
+  _evaluated(planned["same", 1], "m", [0] * n)
+  # "better" ranks every target first: +1 with seed 0, 0 with seed 1 -> 0.5 pooled.
+  _evaluated(planned["better", 0], "m", [0] * n)
+  _evaluated(planned["better", 1], "m", [0] * n)
+  _evaluated(planned["single", None], "m", [0] * n)  # no seed in common
+  _evaluated(planned["old", None], "m", [0] * n, ranks_file=False)  # evaluated before ranks
+  _evaluated(planned["other_users", None], "m", [0] * n, users=np.arange(n) + 1)
+  results = [sweep.RunResult(p, "ran", 1.0) for p in plan]
+  records = sweep.collect(results)
+  names = ("recall@10", "ndcg@10", "cold_start/recall@10")
+  paired = sweep.paired_with(records, "ref:m", names, num_resamples=200)
+  assert set(paired) == {("ref", "extra"), ("same", "m"), ("better", "m"), ("single", "m"),
+                         ("old", "m"), ("other_users", "m")}
+  same = paired["same", "m"]
+  assert same["reference"] == "ref:m" and same["seeds"] == [0, 1]
+  for m in ("recall@10", "ndcg@10"):
+    assert (same[m]["diff"], same[m]["ci_low"], same[m]["ci_high"]) == (0.0, 0.0, 0.0)
+    assert not same[m]["excludes_zero"] and same[m]["n"] == 2 * n
+    better = paired["better", "m"][m]
+    assert (better["a"], better["b"], better["diff"]) == (1.0, 0.5, 0.5)
+    assert 0.3 < better["ci_low"] < 0.5 < better["ci_high"] < 0.7 and better["excludes_zero"]
+  assert same["cold_start/recall@10"] == {"error": "slices are not paired"}
+  assert "no seed in common" in paired["single", "m"]["recall@10"]["error"]
+  # The other model of the reference run: its one seed (1) paired with the reference's seed 1.
+  assert paired["ref", "extra"]["seeds"] == [1] and paired["ref", "extra"]["recall@10"]["diff"] == 0
+
+  # A one-seed reference is paired with every seed of a row.
+  from_single = sweep.paired_with(records, "single", ("recall@10",), num_resamples=10)
+  assert from_single["better", "m"]["seeds"] == [0, 1]
+  assert from_single["same", "m"]["recall@10"]["diff"] == -0.5
+  assert from_single["old", "m"]["recall@10"] == {
+      "error": "no per-user ranks for this evaluation"}
+  assert "rank different examples" in from_single["other_users", "m"]["recall@10"]["error"]
+
+  paths = sweep.write_reports(str(tmp_path), records, ("recall@10", "ndcg@10"), "test",
+                              reference="ref:m")
+  md = open(paths["md"]).read()
+  assert "## Paired with `ref:m` (same users)" in md
+  assert "| same | m | 0,1 | +0.0000 (+0.0000 to +0.0000) | +0.0000 (+0.0000 to +0.0000) |" in md
+  assert "| better | m | 0,1 | **+0.5000 (" in md  # bold: excludes 0
+  assert "| old | m | none | - (no seed in common with the reference (seeds [0, 1])) |" in md
+  md = open(sweep.write_reports(str(tmp_path), records, ("recall@10",), "test",
+                                reference="single")["md"]).read()
+  assert "| old | m | - | - (no per-user ranks for this evaluation) |" in md
+
+  for reference, message in (("nope", "reference run 'nope' has no test metrics"),
+                             ("ref", "evaluates several models (extra, m)"),
+                             ("ref:x", "has no model 'x'"), (":m", "bad reference")):
+    with pytest.raises(sweep_spec.SpecError, match="Fix:") as error:
+      sweep.paired_with(records, reference)
+    assert message in str(error.value)
