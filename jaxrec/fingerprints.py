@@ -52,6 +52,7 @@ def function_name(fn: Any) -> str:
 
 
 def sha256_file(path: str) -> str:
+  """The full SHA-256 hex digest of a file's content."""
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -92,6 +93,19 @@ def canonical(value: Any, drop: Optional[Mapping[str, Sequence[str]]] = None,
 
 
 def fingerprint(value: Any) -> str:
-  """The one fingerprint: a 16-hex-digit SHA-256 of `canonical(value)`."""
-  blob = json.dumps(canonical(value), sort_keys=True, default=str)
+  """The one fingerprint: a 16-hex-digit SHA-256 of `canonical(value)` (`digest`)."""
+  return digest(canonical(value))
+
+
+def digest(value: Any) -> str:
+  """The hash under every fingerprint: 16 hex digits of the SHA-256 of value's key-sorted
+  JSON (non-JSON leaves as str). Checkpoint identities (trainer trajectory, generator,
+  SASRec, LightGCN, checkpoint metadata) hash their own JSON descriptions with it, which are
+  the ones their checkpoints were written with, so trained checkpoints still resume."""
+  blob = json.dumps(value, sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def sha256_bytes(data: bytes) -> str:
+  """The full SHA-256 hex digest of raw bytes (e.g. an ID table's)."""
+  return hashlib.sha256(data).hexdigest()

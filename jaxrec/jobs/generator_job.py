@@ -8,8 +8,6 @@ The recommender is the trie-constrained beam search (`decoding.beam_search`): th
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from typing import Callable, Optional, Sequence, Tuple, Union
 
@@ -17,6 +15,7 @@ import jax
 import numpy as np
 
 from jaxrec import files
+from jaxrec import fingerprints
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
 from jaxrec.data.splits import leave_one_out
@@ -407,9 +406,10 @@ def checkpoint_fingerprint(dataset: DatasetConfig, t5: T5Config, layout: TokenLa
   """Which checkpoints belong to a setup: the dataset, the T5 config, the layout, the IDs,
   and the GeneratorConfig options that change training when they are not the defaults (so
   the defaults keep older runs' checkpoints); not the decoding (evaluation only). Kept in
-  its own hash (not `fingerprints.fingerprint`) so every trained checkpoint still resumes."""
+  its own description (`fingerprints.digest` of it, not `fingerprints.fingerprint` of the
+  configs) so every trained checkpoint still resumes."""
   parts = [dataclasses.asdict(dataset), t5.fingerprint_dict(), str(layout),
-           hashlib.sha256(ids.tobytes()).hexdigest()]
+           fingerprints.sha256_bytes(ids.tobytes())]
   if g.constrained_loss:
     parts.append("constrained_loss")
   if g.target_modality is not None:
@@ -422,8 +422,7 @@ def checkpoint_fingerprint(dataset: DatasetConfig, t5: T5Config, layout: TokenLa
     parts.append("position_embeddings")
   if g.training_layout != "per_example":
     parts.append({"training_layout": g.training_layout})
-  blob = json.dumps(parts, sort_keys=True, default=str)
-  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+  return fingerprints.digest(parts)
 
 
 def train_generator(workdir: str, semantic_ids_path: str,

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import math
 import os
 from typing import Callable, Optional
@@ -33,6 +31,7 @@ import numpy as np
 
 from jaxrec import evaluation
 from jaxrec import files
+from jaxrec import fingerprints
 from jaxrec.collaborative import lightgcn
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.splits import leave_one_out
@@ -124,9 +123,8 @@ def fingerprint(dataset: DatasetConfig, config: lightgcn.LightGcnConfig,
   """Hash of what determines the trajectory (not the resumable fields or the mesh)."""
   train = {k: v for k, v in dataclasses.asdict(train_config).items()
            if k in ("batch_size", "seed", "optimizer", "valid_metric")}
-  blob = json.dumps([MODEL_NAME, dataclasses.asdict(dataset), dataclasses.asdict(config), train],
-                    sort_keys=True, default=str)
-  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+  return fingerprints.digest([MODEL_NAME, dataclasses.asdict(dataset),
+                              dataclasses.asdict(config), train])
 
 
 def setup(dataset: DatasetConfig, config: lightgcn.LightGcnConfig,

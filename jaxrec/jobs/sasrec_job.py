@@ -15,8 +15,6 @@ best checkpoint; test items are never seen).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from typing import Callable, Optional
 
@@ -24,6 +22,7 @@ import jax
 import numpy as np
 
 from jaxrec import files
+from jaxrec import fingerprints
 from jaxrec.collaborative.sasrec import SasRecConfig, SasRecError, SasRecModel
 from jaxrec.data.config import DatasetConfig
 from jaxrec.data.errors import DataError
@@ -130,9 +129,8 @@ def setup(dataset: DatasetConfig, trainer_config: trainer_lib.TrainerConfig,
 
 def model_fingerprint(dataset: DatasetConfig, model_config: SasRecConfig, num_items: int) -> str:
   """Hash of what the checkpoints of a setup depend on besides the trainer."""
-  blob = json.dumps([MODEL_NAME, dataclasses.asdict(dataset), dataclasses.asdict(model_config),
-                     int(num_items)], sort_keys=True, default=str)
-  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+  return fingerprints.digest([MODEL_NAME, dataclasses.asdict(dataset),
+                              dataclasses.asdict(model_config), int(num_items)])
 
 
 def _eval_options(eval_config: EvalConfig) -> dict:

@@ -14,7 +14,6 @@ readable nothing is moved and `UnreadableCheckpointError` lists every step tried
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -25,10 +24,10 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import filelock
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxrec import files
+from jaxrec import fingerprints
 
 
 class CheckpointError(ValueError):
@@ -117,7 +116,7 @@ def state_checksum(tree: Any) -> int:
 def _meta_digest(meta: dict) -> str:
   """sha256 of the meta's JSON (without its own digest)."""
   body = {k: v for k, v in meta.items() if k != "meta_digest"}
-  return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+  return fingerprints.digest(body)
 
 
 def _describe(error: BaseException) -> str:

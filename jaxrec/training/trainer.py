@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -14,6 +12,7 @@ import numpy as np
 import optax
 
 from jaxrec import evaluation
+from jaxrec import fingerprints
 from jaxrec.data import batching
 from jaxrec.data.splits import LeaveOneOutSplit, TrainExamples
 from jaxrec.training import checkpoints
@@ -75,8 +74,7 @@ def trajectory_fingerprint(config: TrainerConfig, *extra: Any) -> str:
           if k in ("seed", "max_history", "batching", "optimizer")}
   for io_only in ("num_threads", "prefetch"):  # data order does not depend on them.
     keep["batching"].pop(io_only)
-  blob = json.dumps([keep, *extra], sort_keys=True, default=str)
-  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+  return fingerprints.digest([keep, *extra])
 
 
 def make_train_step(model: Any, optimizer: optax.GradientTransformation) -> Callable:
