@@ -270,8 +270,9 @@ class EvalConfig:
 def evaluate_and_save(recommend: Recommender, split, which: str,
                       eval_config: EvalConfig, workdir: str, max_history: Optional[int],
                       extra: Union[Mapping[str, Any], Callable[[], Mapping[str, Any]]] = (),
-                      progress: bool = True) -> dict:
-  """Evaluates a trained model on one split and writes `<workdir>/eval/<split>_metrics.json`.
+                      progress: bool = True, output_dir: Optional[str] = None) -> dict:
+  """Evaluates a trained model on one split and writes `<workdir>/eval/<split>_metrics.json`
+  (or `<output_dir>/<split>_metrics.json`).
 
   Runs `evaluation.evaluate` with eval_config's cutoffs, batch size, exclude_history,
   cold-start threshold and bootstrap, keeps the JSON part of the result, adds
@@ -292,6 +293,8 @@ def evaluate_and_save(recommend: Recommender, split, which: str,
       function returning them, called after the evaluation (e.g. to read statistics
       the recommender gathered).
     progress: progress bar and the printed line.
+    output_dir: where the files go (None: `<workdir>/eval`), e.g. a run's own folder
+      when the model lives in the shared feature cache.
 
   Returns:
     The JSON part of the result with the added fields (what the file holds).
@@ -310,18 +313,14 @@ def evaluate_and_save(recommend: Recommender, split, which: str,
   result.update(eval_seconds=seconds, users_per_second=result["num_examples"] / seconds)
   result.update(extra() if callable(extra) else extra)
   if jax.process_index() == 0:
-    save_ranks(ranks_path(workdir, which), arrays)
-    write_json(result, os.path.join(workdir, "eval", f"{which}_metrics.json"))
+    out = output_dir or os.path.join(workdir, "eval")
+    save_ranks(os.path.join(out, f"{which}_ranks.npz"), arrays)
+    write_json(result, os.path.join(out, f"{which}_metrics.json"))
   if progress:
     m = result["metrics"]["overall"]
     print(f"{which}: " + ", ".join(f"{k}={m[k]['mean']:.4f}" for k in sorted(m)
                                    if k.startswith(("recall@", "ndcg@"))))
   return result
-
-
-def ranks_path(workdir: str, which: str) -> str:
-  """`<workdir>/eval/<which>_ranks.npz`: the per-user ranks `evaluate_and_save` writes."""
-  return os.path.join(workdir, "eval", f"{which}_ranks.npz")
 
 
 def save_ranks(path: str, arrays: Mapping[str, np.ndarray]) -> None:

@@ -51,6 +51,7 @@ from jaxrec import evaluation
 from jaxrec import files
 from jaxrec import sweep_reports
 from jaxrec.data.errors import DataError
+from jaxrec.training import curves
 from jaxrec.sweep_reports import REPORT_NAMES, error_line  # noqa: F401  (also sweep.REPORT_NAMES)
 from jaxrec.sweep_spec import RunSpec, SpecError, check_runs
 
@@ -60,7 +61,8 @@ MARKER = "sweep_done.json"
 LOG = "log.txt"
 DEFAULT_METRICS = ("recall@10", "ndcg@10")
 SPLITS = ("test", "valid")
-STATUSES = ("failed", "redone", "ran", "skipped")  # Worst first.
+STATUSES = ("failed", "redone", "resumed", "ran", "skipped")  # Worst first.
+CURVES = "sweep_curves.png"  # The generators' validation curves vs training minutes.
 @dataclasses.dataclass(frozen=True)
 class PlannedRun:
   """One subprocess: `python tools/run.py *args` with args ending in --workdir=run_dir."""
@@ -83,7 +85,9 @@ class RunResult:
   """How a planned run went.
 
   status: "ran", "redone" (ran again: its command changed since it finished; the
-  note says how), "skipped" (finished before with the same command) or "failed"
+  note says how), "resumed" (an earlier attempt was interrupted or failed: its folder
+  holds a log but no marker; the jobs skip its finished stages and resume its training
+  from the last checkpoint), "skipped" (finished before with the same command) or "failed"
   (returncode None: timed out; error: the log's last lines).
   """
   run: PlannedRun
@@ -135,10 +139,16 @@ def run_one(run: PlannedRun, timeout: Optional[float] = None) -> RunResult:
                         + [f"dropped {' '.join(dropped)}"] * bool(dropped)) or "reordered"
     note = f"ran again: the command changed since it finished ({changes})"
     os.remove(marker_path)
+  log_path = os.path.join(run.run_dir, LOG)
+  resumed = not marker and os.path.isfile(log_path)
+  if resumed:
+    note = "resumed: an earlier attempt did not finish (its log is kept above this one's)"
   os.makedirs(run.run_dir, exist_ok=True)
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   started = time.perf_counter()
-  with open(os.path.join(run.run_dir, LOG), "w") as log:
+  with open(log_path, "a" if resumed else "w") as log:
+    if resumed:
+      log.write(f"\n--- resumed {time.strftime('%Y-%m-%dT%H:%M:%S')} ---\n")
     log.write(f"$ {shlex.join(run.command)}\n")
     log.flush()
     try:
@@ -152,7 +162,8 @@ def run_one(run: PlannedRun, timeout: Optional[float] = None) -> RunResult:
     files.write_json(marker_path, {
         "command": shlex.join(run.command), "args": list(run.args), "cwd": os.getcwd(),
         "seconds": round(seconds, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    return RunResult(run, "redone" if note else "ran", seconds=seconds, returncode=0, note=note)
+    status = "resumed" if resumed else "redone" if note else "ran"
+    return RunResult(run, status, seconds=seconds, returncode=0, note=note)
   error = (f"timed out after {timeout:g} s" if returncode is None
            else log_tail(os.path.join(run.run_dir, LOG)))
   return RunResult(run, "failed", seconds=seconds, returncode=returncode, error=error, note=note)
@@ -440,10 +451,12 @@ def write_reports(sweep_dir: str, records: Sequence[dict],
                   confidence: float = 0.95, reference: Optional[str] = None) -> Dict[str, str]:
   """Writes sweep_results.md and .png (the split's rows) and .csv (every split), atomically
   (`jaxrec.sweep_reports` renders the `summarize` rows); with a reference run the Markdown
-  gets the `paired_with` table too (each row's "paired").
+  gets the `paired_with` table too (each row's "paired"); `sweep_curves.png`: the validation
+  curves (the overall `metrics`, one panel each, vs training minutes) of every model trained
+  in a run folder (`curve_runs`), when there is one.
 
   Returns:
-    {"md", "csv", "png"} -> path.
+    {"md", "csv", "png"[, "curves"]} -> path.
   """
   rows = summarize(records, metrics, split, confidence)
   if reference:
@@ -453,4 +466,27 @@ def write_reports(sweep_dir: str, records: Sequence[dict],
   splits = [split] + [s for s in SPLITS if s != split and any(r["split"] == s for r in records)]
   all_rows = rows + [r for s in splits[1:] for r in summarize(records, metrics, s, confidence)
                      if r["model"] is not None]
-  return sweep_reports.write_reports(sweep_dir, rows, all_rows, metrics, split, LOG)
+  paths = sweep_reports.write_reports(sweep_dir, rows, all_rows, metrics, split, LOG)
+  overall = [m for m in metrics if "/" not in m] or ["ndcg@10"]
+  runs = curve_runs(records, overall[0])
+  if runs:
+    datasets = sorted({str(r["dataset"]) for r in records if r.get("dataset")})
+    paths["curves"] = curves.plot_runs(
+        runs, overall, os.path.join(sweep_dir, CURVES),
+        title=f"validation curves ({', '.join(datasets) or 'sweep'})")
+  return paths
+
+
+def curve_runs(records: Sequence[dict], metric: str = "ndcg@10") -> Dict[str, str]:
+  """{label ("run" or "run/seed_<s>"): model folder} of every evaluated model trained in
+  its run folder whose metrics.jsonl has timed validations of `metric` (the generators;
+  a shared SASRec / LightGCN lives in the feature cache and has none here)."""
+  out = {}
+  for r in records:
+    if not r.get("path") or r.get("split") != "test":
+      continue
+    folder = os.path.dirname(os.path.dirname(r["path"]))  # <model>/eval/test_metrics.json
+    if curves.timed_points(folder, metric):
+      label = r["run"] if r["seed"] is None else f"{r['run']}/seed_{r['seed']}"
+      out[label if label not in out else f"{label} ({r['model']})"] = folder
+  return out

@@ -72,3 +72,70 @@ def test_bound_carries_what_gin_gives_each_job_and_calls_it_through_gin():
   assert after.arguments["generator"].model_config.arguments["num_heads"] == 2
   # Not configured by gin: returned as it is.
   assert configs.bound(len) is len and configs.bound(None) is None
+
+
+def _collaborative_fingerprint(gin_files, bindings=()):
+  """The "collaborative" stage identity a config's run_system would build."""
+  from jaxrec import fingerprints  # pylint: disable=g-import-not-at-top
+  from jaxrec.pipeline import system  # pylint: disable=g-import-not-at-top
+  configs.parse(gin_files, MACROS + list(bindings))
+  run = configs.bound(system.run_system).arguments
+  stage = system.collaborative_stage(run["dataset"], run["collaborative"], progress=False)
+  # The resumable settings (steps, validation users, ...) too: a difference retrains it.
+  return fingerprints.fingerprint({"config": stage.config, "settings": stage.resumable})
+
+
+@pytest.mark.parametrize("data", ["gin_configs/data/hm.gin", "gin_configs/data/beauty.gin"])
+@pytest.mark.parametrize("paper,baseline", [("letter", "sasrec"), ("musicrec", "sasrec"),
+                                            ("mscgrec", "sasrec"), ("cemg", "lightgcn")])
+def test_a_shared_baseline_trains_the_systems_collaborative_model(paper, baseline, data):
+  """SHARED_MODEL = True makes the SASRec / LightGCN baseline run the same "collaborative"
+  stage (same fingerprint, so one folder in the feature cache) as the systems that read it;
+  the generator's unscoped bindings (its optimizer's grad_clip, its seed) must not leak
+  into the collaborative model's config. A different COLLAB_SEED is another model."""
+  system_fp = _collaborative_fingerprint([f"gin_configs/papers/{paper}.gin", data])
+  shared = [f"gin_configs/papers/{baseline}.gin", data]
+  assert _collaborative_fingerprint(shared, ["SHARED_MODEL = True"]) == system_fp
+  assert _collaborative_fingerprint(shared, ["SHARED_MODEL = True", "SEED = 1"]) != system_fp
+  assert _collaborative_fingerprint([f"gin_configs/papers/{paper}.gin", data],
+                                    ["SEED = 1"]) == system_fp
+
+
+def _seeds(value, path="", out=None) -> dict:
+  """{dotted path: seed} of every `seed` field in a bound job's arguments."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from jaxrec import fingerprints  # pylint: disable=g-import-not-at-top
+  out = {} if out is None else out
+  if isinstance(value, fingerprints.Bound):
+    for k, v in value.arguments.items():
+      _seeds(v, f"{path}.{k}" if path else k, out)
+  elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+    for f in dataclasses.fields(value):
+      if f.name == "seed":
+        out[f"{path}.seed"] = getattr(value, f.name)
+      else:
+        _seeds(getattr(value, f.name), f"{path}.{f.name}", out)
+  return out
+
+
+@pytest.mark.parametrize("paper", ["tiger", "letter", "cemg", "musicrec", "mscgrec",
+                                   "sasrec", "lightgcn"])
+def test_seed_reaches_every_seed_of_a_run_but_the_shared_collaborative_model(paper):
+  """`--gin.SEED=7` (a sweep's --seed_binding=SEED) seeds the tokenizer(s), the generator's
+  init and data order (SASRec's / LightGCN's for their own runs); a system's collaborative
+  model keeps COLLAB_SEED (0), so every seed of a system reads the same SASRec / LightGCN."""
+  from jaxrec.pipeline import system  # pylint: disable=g-import-not-at-top
+  configs.parse([f"gin_configs/papers/{paper}.gin"], MACROS + ["SEED = 7"])
+  seeds = _seeds(configs.bound(system.run_system))
+  model = {k: v for k, v in seeds.items() if not k.startswith("collaborative.")}
+  assert model and set(model.values()) == {7}, seeds
+  if paper not in ("sasrec", "lightgcn"):
+    assert any(k.startswith("semantic_ids_job.") for k in model), seeds
+    assert any(k.startswith("train_job.trainer_config.batching") for k in model), seeds
+  collab = {k: v for k, v in seeds.items() if k.startswith("collaborative.")}
+  if paper in ("tiger",):
+    assert not collab
+  elif paper in ("sasrec", "lightgcn"):  # the shared model is the baseline's: seeded too.
+    assert set(collab.values()) == {7}, seeds
+  else:
+    assert collab and set(collab.values()) == {0}, seeds

@@ -101,6 +101,43 @@ def test_letter_aligns_the_text_ids_with_sasrec(tmp_path, cache):
   assert again["metrics"] == summary["metrics"]
 
 
+
+@pytest.mark.parametrize("paper,baseline,bindings,model", [
+    ("letter", "sasrec", SASREC, "sasrec"), ("cemg", "lightgcn", None, "lightgcn")])
+def test_a_shared_baseline_reuses_the_systems_collaborative_model(tmp_path, paper, baseline,
+                                                                   bindings, model):
+  """SHARED_MODEL = True: the SASRec / LightGCN baseline run evaluates the collaborative
+  model a system trained into the feature cache (that stage is skipped, not retrained);
+  its metrics and ranks go into the run's own folder, none into the cache."""
+  bindings = bindings or CEMG
+  cache = tmp_path / "cache"
+  system = _run([f"gin_configs/papers/{paper}.gin", DATA], tmp_path / paper, cache, bindings)
+  trained = pathlib.Path(system["stages"]["collaborative"]["artifacts"][
+      "item_embeddings.npy"]).parent
+  cache_files = sorted(p.relative_to(cache) for p in cache.rglob("*") if p.is_file())
+  run = tmp_path / baseline
+  summary = _run([f"gin_configs/papers/{baseline}.gin", DATA], run, cache,
+                 bindings + ["SHARED_MODEL = True"])
+  assert set(summary["stages"]) == {"baselines", "collaborative", "evaluation"}
+  assert summary["stages"]["collaborative"]["status"] == "skipped"
+  assert pathlib.Path(summary["stages"]["collaborative"]["folder"]) == trained
+  metrics = json.loads((run / model / "eval" / "test_metrics.json").read_text())
+  assert metrics["model"] == model and metrics["num_examples"] == 80
+  assert (run / model / "eval" / "test_ranks.npz").is_file()
+  assert summary["metrics"]["test"]["overall"]["recall@10"] == (
+      metrics["metrics"]["overall"]["recall@10"])
+  assert f"| {model} | 0." in (run / "results.md").read_text()
+  assert sorted(p.relative_to(cache) for p in cache.rglob("*") if p.is_file()) == cache_files
+  # Without SHARED_MODEL the baseline trains its own model in the run folder.
+  own = _run([f"gin_configs/papers/{baseline}.gin", DATA], tmp_path / "own", cache, bindings)
+  assert "collaborative" not in own["stages"] and model in own["stages"]
+
+
+def test_shared_model_without_a_collaborative_job_is_refused(tmp_path):
+  with pytest.raises(DataError, match="shared_model needs the collaborative job"):
+    system_pipeline.run_system(str(tmp_path), modalities=(), semantic_ids_job=None,
+                               shared_model=True, collaborative=None, progress=False)
+
 def _fused_tiny(scope):
   return [f"{scope}/qtraining.TokenizerTrainConfig.num_steps = 10",
           f"{scope}/qtraining.TokenizerTrainConfig.batch_size = 64",

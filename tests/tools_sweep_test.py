@@ -141,7 +141,7 @@ def test_two_run_sweep_writes_reports_and_skips_finished_runs(tmp_path, capsys):
   assert _run_tool([f"--spec={spec}", f"--sweep_dir={out}", "--progress=false",
                     "--max_parallel=2"]) == 0
   printed = capsys.readouterr().out
-  assert "2 runs: 2 ran, 0 ran again (command changed), 0 finished before" in printed
+  assert "2 runs: 2 ran, 0 ran again (command changed), 0 resumed (an earlier attempt did not finish), 0 finished before" in printed
   md = (out / "sweep_results.md").read_text()
   models = ("cooccurrence", "most_popular", "random")
   for run in ("kept", "excluded"):
@@ -172,7 +172,7 @@ def test_two_run_sweep_writes_reports_and_skips_finished_runs(tmp_path, capsys):
   logs = {run: os.stat(out / run / sweep.LOG).st_mtime_ns for run in ("kept", "excluded")}
   assert _run_tool([f"--spec={spec}", f"--sweep_dir={out}", "--progress=false",
                     "--reference=kept:most_popular"]) == 0
-  assert "2 runs: 0 ran, 0 ran again (command changed), 2 finished before" in (
+  assert "2 runs: 0 ran, 0 ran again (command changed), 0 resumed (an earlier attempt did not finish), 2 finished before" in (
       capsys.readouterr().out)
   assert logs == {run: os.stat(out / run / sweep.LOG).st_mtime_ns for run in logs}
   md = (out / "sweep_results.md").read_text()
@@ -204,7 +204,7 @@ def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, capsys):
   assert _run_tool([f"--spec={spec}", f"--sweep_dir={out}", "--progress=false"]) == 1
   printed = capsys.readouterr().out
   assert "[FAILED] bad: exit 1" in printed and "no_such_arg" in printed
-  assert "2 runs: 1 ran, 0 ran again (command changed), 0 finished before (skipped), 1 failed" in (
+  assert "2 runs: 1 ran, 0 ran again (command changed), 0 resumed (an earlier attempt did not finish), 0 finished before (skipped), 1 failed" in (
       printed)
   assert not (out / "bad" / sweep.MARKER).exists() and (out / "good" / sweep.MARKER).exists()
   assert "ConfigError" in (out / "bad" / sweep.LOG).read_text()
@@ -216,6 +216,35 @@ def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path, capsys):
   rows = {r["run"]: r for r in _csv_rows(out / "sweep_results.csv") if r["split"] != "valid"}
   assert rows["bad"]["status"] == "failed" and "no_such_arg" in rows["bad"]["error"]
   assert rows["bad"]["recall@10"] == "" and rows["good"]["status"] == "ran"
+
+
+SASREC_TINY = ["--gin_file=gin_configs/papers/sasrec.gin", "--gin_file=gin_configs/data/synthetic_tiny.gin",
+               "--gin.EVAL_EVERY=2", "--gin.MAX_LEN=10", "--gin.batching.BatchingConfig.batch_size=16",
+               "--gin.batching.BatchingConfig.bucket_boundaries=()",
+               "--gin.sasrec.SasRecConfig.hidden=16", "--gin.evaluation.EvalConfig.num_bootstrap=10"]
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
+  """A run folder with a log but no marker (the sweep was killed, or the run failed) is
+  run again as "resumed": its log is kept, its finished stages are skipped and its training
+  continues from the last checkpoint (here: the attempt that stopped at step 4 of 8)."""
+  def planned(steps):
+    runs = sweep_spec.with_common(sweep_spec.parse_spec(
+        "s: " + " ".join(SASREC_TINY) + f" --gin.NUM_STEPS={steps}\n"), ())
+    return sweep.plan(runs, str(tmp_path))[0]
+  first = sweep.run_one(planned(4))
+  assert first.status == "ran", first.error
+  os.remove(os.path.join(first.run.run_dir, sweep.MARKER))  # killed before it finished
+  again = sweep.run_one(planned(8))
+  assert again.status == "resumed" and "did not finish" in again.note, again.error
+  assert "[resumed] s" in sweep.describe(again)
+  log = (tmp_path / "s" / sweep.LOG).read_text()
+  assert log.count("$ ") == 2 and "--- resumed " in log and "--gin.NUM_STEPS=4" in log
+  events = [e for e in files.read_jsonl(str(tmp_path / "s" / "sasrec" / "metrics.jsonl"))
+            if e.get("event") in ("start", "resume")]
+  assert [(e["event"], e["step"]) for e in events] == [("start", 0), ("resume", 4)]
+  assert files.read_json(str(tmp_path / "s" / "sasrec" / "train_summary.json"))["step"] == 8
+  assert sweep.run_one(planned(8)).status == "skipped"
 
 
 # ---------------------------------------------------------------------------- aggregation
@@ -300,6 +329,30 @@ def test_aggregation_over_seeds_known_answers(tmp_path):
       ("two", "test", "0"), ("two", "test", "1"), ("two", "test", "mean"),
       ("one", "test", ""), ("broken", "", ""), ("one", "valid", "")]
   assert open(paths["png"], "rb").read().startswith(b"\x89PNG")
+  assert "curves" not in paths  # no run trained a model with validations in its folder
+
+
+def test_validation_curves_of_the_generators_vs_training_minutes(tmp_path):
+  """sweep_curves.png: one line per run (and seed) whose model folder holds a metrics.jsonl
+  with timed validations; a model trained elsewhere (a shared SASRec) has none here."""
+  runs = [sweep_spec.RunSpec("gen", ("x.gin",), seeds=(0, 1), seed_bindings=("SEED",)),
+          sweep_spec.RunSpec("sasrec", ("x.gin",))]
+  gen0, gen1, sasrec = sweep.plan(runs, str(tmp_path))
+  for planned, value in ((gen0, 0.1), (gen1, 0.2)):
+    model = pathlib.Path(planned.run_dir) / "generator"
+    _metrics_json(model / "eval" / "test_metrics.json", "generator", value, value / 2)
+    with open(model / "metrics.jsonl", "w") as f:
+      for step, minutes in ((50, 1.0), (100, 2.5)):
+        f.write(json.dumps({"step": step, "event": "eval", "valid/recall@10": value,
+                            "valid/ndcg@10": value / 2, "time": 60.0 * minutes}) + "\n")
+  _metrics_json(pathlib.Path(sasrec.run_dir) / "sasrec" / "eval" / "test_metrics.json",
+                "sasrec", 0.3, 0.2)
+  records = sweep.collect([sweep.RunResult(r, "ran", 1.0) for r in (gen0, gen1, sasrec)])
+  assert sweep.curve_runs(records) == {"gen/seed_0": os.path.join(gen0.run_dir, "generator"),
+                                       "gen/seed_1": os.path.join(gen1.run_dir, "generator")}
+  paths = sweep.write_reports(str(tmp_path), records, ("recall@10", "ndcg@10", "cold_start/recall@10"))
+  assert paths["curves"] == str(tmp_path / sweep.CURVES)
+  assert open(paths["curves"], "rb").read().startswith(b"\x89PNG")
 
 
 # ---------------------------------------------------------------------------- paired

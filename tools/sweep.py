@@ -93,7 +93,8 @@ def sweep_main(argv, f: flags.FlagValues, gin_bindings=()) -> int:
     print(md.read())
   counts = {s: sum(r.status == s for r in results) for s in sweep.STATUSES}
   print(f"{len(results)} runs: {counts['ran']} ran, {counts['redone']} ran again (command "
-        f"changed), {counts['skipped']} finished before (skipped), {counts['failed']} failed. "
+        f"changed), {counts['resumed']} resumed (an earlier attempt did not finish), "
+        f"{counts['skipped']} finished before (skipped), {counts['failed']} failed. "
         f"Reports: {', '.join(paths.values())}")
   return 1 if counts["failed"] else 0
 

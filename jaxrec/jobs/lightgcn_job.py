@@ -404,11 +404,13 @@ def evaluate_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),
                       config: lightgcn.LightGcnConfig = lightgcn.LightGcnConfig(),
                       train_config: LightGcnTrainConfig = LightGcnTrainConfig(),
                       eval_config: EvalConfig = EvalConfig(), checkpoint: str = "best",
-                      progress: bool = True, devices=None) -> dict:
+                      progress: bool = True, devices=None,
+                      output_dir: Optional[str] = None) -> dict:
   """Restores the best (or latest) params and writes `<workdir>/eval/<split>_metrics.json`.
 
   Args: as `train_lightgcn` (the same bindings), plus checkpoint: "best" (falls
-    back to the latest when no validation ran) or "latest".
+    back to the latest when no validation ran) or "latest"; output_dir: where the
+    metrics and ranks go instead of `<workdir>/eval` (a model in the shared feature cache).
 
   Returns:
     {split: the JSON part of `evaluation.evaluate`'s result, plus model, fingerprint,
@@ -423,7 +425,7 @@ def evaluate_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),
                checkpoint_step=int(meta["step"]), checkpoint_epoch=meta.get("epoch"),
                best_valid=meta.get("value"), model_config=dataclasses.asdict(config))
   return {which: evaluate_and_save(recommend, s.split, which, eval_config, workdir,
-                                   eval_config.max_history, extra, progress)
+                                   eval_config.max_history, extra, progress, output_dir)
           for which in eval_config.splits}
 
 

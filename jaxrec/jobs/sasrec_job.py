@@ -196,22 +196,25 @@ def evaluate_sasrec(workdir: str, dataset: DatasetConfig = DatasetConfig(),
                     model_config: SasRecConfig = SasRecConfig(),
                     trainer_config: trainer_lib.TrainerConfig = trainer_lib.TrainerConfig(),
                     eval_config: EvalConfig = EvalConfig(), top_k: int = 20,
-                    checkpoint: str = "best", progress: bool = True) -> dict:
+                    checkpoint: str = "best", progress: bool = True,
+                    output_dir: Optional[str] = None) -> dict:
   """Restores the best (or latest) checkpoint; writes `<workdir>/eval/<split>_metrics.json`.
 
   Args: as `train_sasrec` (the same bindings), plus checkpoint: "best" (falls back
-    to the latest when no validation ran) or "latest".
+    to the latest when no validation ran) or "latest"; output_dir: where the metrics
+    and ranks go instead of `<workdir>/eval` (a model in the shared feature cache).
 
   Returns:
     {split: the JSON part of `evaluation.evaluate`'s result, with model,
     fingerprint, checkpoint_step, best_valid and eval_seconds added}.
   """
   return _evaluate(setup(dataset, trainer_config, model_config, eval_config, top_k), workdir,
-                   trainer_config, eval_config, checkpoint, progress)
+                   trainer_config, eval_config, checkpoint, progress, output_dir)
 
 
 def _evaluate(s: SasRecSetup, workdir: str, trainer_config: trainer_lib.TrainerConfig,
-              eval_config: EvalConfig, checkpoint: str, progress: bool) -> dict:
+              eval_config: EvalConfig, checkpoint: str, progress: bool,
+              output_dir: Optional[str] = None) -> dict:
   model_config = s.model.config
   tr, state, meta, fp = _restore(s, workdir, trainer_config, checkpoint)
   extra = dict(model=MODEL_NAME, model_config=dataclasses.asdict(model_config), fingerprint=fp,
@@ -219,7 +222,8 @@ def _evaluate(s: SasRecSetup, workdir: str, trainer_config: trainer_lib.TrainerC
                best_valid=meta.get("value"))
   max_history = eval_config.max_history or trainer_config.max_history
   return {which: evaluate_and_save(tr.recommender(state, s.make_recommender), s.split, which,
-                                   eval_config, workdir, max_history, extra, progress)
+                                   eval_config, workdir, max_history, extra, progress,
+                                   output_dir)
           for which in eval_config.splits}
 
 

@@ -16,13 +16,16 @@ RESULTS = "results.md"
 
 def report(workdir: str, dataset: DatasetConfig, results: Sequence[StageResult],
            progress: bool = True, model_stage: Optional[str] = "generator",
-           seconds: Optional[float] = None, extra: Optional[dict] = None) -> dict:
+           seconds: Optional[float] = None, extra: Optional[dict] = None,
+           trained_stage: Optional[str] = None) -> dict:
   """The summary fields of a system run (metrics, baselines, curve, `extra`); writes
   `<workdir>/results.md`. `model_stage` names the trained model's stage and table row
-  (None: a run of the "baselines" stage alone, whose rows make the table); `seconds` is
-  the run's wall time (default: the sum of its stages')."""
-  trained = [r for r in results if r.name == model_stage]
-  train_summary = (files.read_json(trained[0].path("train_summary.json")) or {}) if trained else {}
+  (None: a run of the "baselines" stage alone, whose rows make the table), `trained_stage`
+  the stage that trained it when that is another one (a shared model: "collaborative");
+  `seconds` is the run's wall time (default: the sum of its stages')."""
+  trained = [r for r in results if r.name == (trained_stage or model_stage)]
+  train_summary = (files.read_json(os.path.join(trained[0].folder, "train_summary.json")) or {}
+                   if trained else {})
   by_name = {r.name: r for r in results}
   summary = {"dataset": dataset.name, "dataset_config": canonical(dataset),
              "trained_steps": train_summary.get("step"), "model": model_stage,

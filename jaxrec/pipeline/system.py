@@ -51,6 +51,9 @@ FEATURE_STAGES = {"embeddings": ("text", "item_embeddings.npy"),
 _NOT_CONFIG = frozenset({"workdir", "embeddings_path", "semantic_ids_path", "progress",
                          "operative_config", "output_path", "features"})
 # Train-config fields a run may change and resume (not part of a stage's identity).
+# The arguments of a collaborative job that define its model (SASRec's, LightGCN's), which a
+# shared model's evaluation job receives from it.
+_MODEL_ARGUMENTS = ("model_config", "trainer_config", "config", "train_config")
 RESUMABLE_FIELDS = {"TrainerConfig": trainer_lib.RESUMABLE_FIELDS + ("mesh",),
                     "LightGcnTrainConfig": lightgcn_job.RESUMABLE_FIELDS}
 
@@ -130,23 +133,68 @@ def feature_stages(dataset: DatasetConfig, used: Sequence[str], text_encoder: st
     stages.append(image_stage(dataset, image_encoder, progress))
 
   if "collab" in used:
-    passed = {"dataset": dataset}
-
-    def train_collaborative(folder, inputs):
-      del inputs
-      collaborative(workdir=folder, progress=progress, **passed)
-      path = os.path.join(folder, COLLAB_FILE)
-      if not os.path.isfile(path):
-        raise DataError("the collaborative job wrote no item embeddings", path=path,
-                        fix="bind a job that exports <workdir>/item_embeddings.npy "
-                            "(run_sasrec / run_lightgcn with export=True).")
-      return [path, item_job.sidecar_path(path)]
-    # Steps and validation cadence are not part of the identity: raising COLLAB_STEPS
-    # resumes the trained model (the job's checkpoints) in the same folder.
-    stages.append(Stage("collaborative", train_collaborative,
-                        {"collaborative": job_config(collaborative, passed, RESUMABLE_FIELDS)},
-                        resumable=resumable_settings(collaborative, passed), shared=True))
+    stages.append(collaborative_stage(dataset, collaborative, progress))
   return stages
+
+
+def collaborative_stage(dataset: DatasetConfig, collaborative: Callable[..., dict],
+                        progress: bool) -> Stage:
+  """The "collaborative" stage (shared): `collaborative(workdir=, dataset=, progress=)`
+  trains SASRec / LightGCN in its folder and exports <folder>/item_embeddings.npy."""
+  passed = {"dataset": dataset}
+
+  def train_collaborative(folder, inputs):
+    del inputs
+    collaborative(workdir=folder, progress=progress, **passed)
+    path = os.path.join(folder, COLLAB_FILE)
+    if not os.path.isfile(path):
+      raise DataError("the collaborative job wrote no item embeddings", path=path,
+                      fix="bind a job that exports <workdir>/item_embeddings.npy "
+                          "(run_sasrec / run_lightgcn with export=True).")
+    return [path, item_job.sidecar_path(path)]
+  # Steps and validation cadence are not part of the identity: raising COLLAB_STEPS
+  # resumes the trained model (the job's checkpoints) in the same folder.
+  return Stage("collaborative", train_collaborative,
+               {"collaborative": job_config(collaborative, passed, RESUMABLE_FIELDS)},
+               resumable=resumable_settings(collaborative, passed), shared=True)
+
+
+def shared_model_stages(dataset: DatasetConfig, collaborative: Optional[Callable[..., dict]],
+                        eval_job: Optional[Callable[..., dict]], progress: bool,
+                        name: str) -> list:
+  """A collaborative baseline (SASRec, LightGCN) trained as the systems' "collaborative"
+  stage, so the baseline run and every system with the same collaborative job share one
+  model through the feature cache, and its "evaluation" stage (`<name>/eval` in the run):
+  `eval_job(workdir=<collaborative folder>, output_dir=, dataset=, progress=)` with the
+  collaborative job's model and train configs (so it restores the model that was trained)."""
+  if collaborative is None or eval_job is None:
+    raise DataError("shared_model needs the collaborative job and an evaluation job",
+                    path="system_pipeline.run_system.collaborative",
+                    fix="bind collaborative = @sasrec_job.run_sasrec (or "
+                        "@lightgcn_job.run_lightgcn) and eval_job (gin_configs/papers/"
+                        "sasrec.gin and lightgcn.gin do), or set shared_model = False.")
+  model = {k: v for k, v in fingerprints.arguments(collaborative).items()
+           if k in _MODEL_ARGUMENTS}
+  passed = {"dataset": dataset, **model}
+
+  def evaluate(folder, inputs):
+    results = eval_job(workdir=inputs["collaborative"].folder, output_dir=folder,
+                       progress=progress, **passed)
+    return _metric_files(folder, results)
+  return [collaborative_stage(dataset, collaborative, progress),
+          Stage("evaluation", evaluate, job_config(eval_job, passed), needs=("collaborative",),
+                keep_old=False, folder=os.path.join(name, "eval"))]
+
+
+def _metric_files(folder: str, results: Mapping) -> list:
+  """The `<split>_metrics.json` of an evaluation job's results in `folder` (and the ranks
+  beside them); a clear error when the job did not write one."""
+  paths = [os.path.join(folder, f"{which}_metrics.json") for which in results]
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise DataError("the evaluation job did not write its metrics", path=missing[0],
+                    fix="check eval_job: it must write <workdir>/eval/<split>_metrics.json.")
+  return _with_ranks(paths)
 
 
 def text_stage(dataset: DatasetConfig, encoder: str = "minilm",
@@ -210,12 +258,7 @@ def model_stages(dataset: DatasetConfig, train_job: Callable[..., dict],
   def evaluate(folder, inputs):
     results = eval_job(workdir=inputs[name].folder, progress=progress, **ids(inputs),
                        **passed)
-    paths = [os.path.join(folder, f"{which}_metrics.json") for which in results]
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-      raise DataError("the evaluation job did not write its metrics", path=missing[0],
-                      fix="check eval_job: it must write <workdir>/eval/<split>_metrics.json.")
-    return _with_ranks(paths)
+    return _metric_files(folder, results)
 
   return [Stage(name, train, job_config(train_job, passed, RESUMABLE_FIELDS), needs=needs,
                 resumable=resumable_settings(train_job, passed)),
@@ -236,7 +279,7 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
                eval_job: Optional[Callable[..., dict]] = generator_job.evaluate_generator,
                model_stage: str = "generator", feature_cache: Optional[str] = None,
                baselines_job: Callable[..., dict] = baselines_lib.evaluate_reference_baselines,
-               progress: bool = True) -> dict:
+               shared_model: bool = False, progress: bool = True) -> dict:
   """Features -> semantic IDs -> generator -> test metrics, in `workdir`; or, with no
   modalities and no IDs job, a collaborative model (SASRec, LightGCN) -> test metrics.
 
@@ -274,6 +317,10 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
     baselines_job: `baselines_job(workdir=, dataset=, progress=)`, the "baselines" stage
       (`baselines_stage`): the reference rows of results.md; with no modalities, no IDs
       job and no train_job the run is this stage alone (gin_configs/runs/baselines.gin).
+    shared_model: with no modalities (SASRec, LightGCN), train the model as the
+      `collaborative` job, the systems' "collaborative" stage (in the feature cache: one
+      model for the baseline run and every system with the same collaborative job), and
+      evaluate it with `eval_job` (`shared_model_stages`); `train_job` is then unused.
     progress: progress bars and one status line per stage.
 
   Returns:
@@ -288,8 +335,11 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
       configs.bound(j) for j in (collaborative, semantic_ids_job, train_job, eval_job,
                                  baselines_job))
   if not modalities and semantic_ids_job is None:  # SASRec, LightGCN: no features, no IDs.
-    stages = [] if train_job is None else model_stages(dataset, train_job, eval_job, progress,
-                                                       model_stage, with_ids=False)
+    if shared_model:
+      stages = shared_model_stages(dataset, collaborative, eval_job, progress, model_stage)
+    else:
+      stages = [] if train_job is None else model_stages(dataset, train_job, eval_job,
+                                                         progress, model_stage, with_ids=False)
     used, absent = (), {}
   else:
     used, absent = effective_modalities(modalities, has_images)
@@ -307,7 +357,9 @@ def run_system(workdir: str, dataset: DatasetConfig = DatasetConfig(),
   def report(results: Sequence[StageResult], seconds: float) -> dict:
     features = _features({r.name: r for r in results if r.name in FEATURE_STAGES})
     return report_lib.report(workdir, dataset, results, progress,
-                             model_stage if train_job is not None else None, seconds, extra={
+                             model_stage if train_job is not None or shared_model else None,
+                             seconds, trained_stage="collaborative" if shared_model else None,
+                             extra={
         "system": system, "modalities": list(used), "absent_modalities": absent,
         "features": features, "training_seconds": {r.name: r.build_seconds for r in results}})
   return run_pipeline(workdir, stages, feature_cache, progress, report)

@@ -4,7 +4,7 @@ validation metric against step and training minutes (matplotlib, written atomica
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 from jaxrec import files
 from jaxrec import plots
@@ -35,32 +35,45 @@ def eval_points(metrics_path: str, metric: str) -> list:
           if e.get("event") == "eval" and f"valid/{metric}" in e]
 
 
-def plot_runs(runs: Mapping[str, str], metric: str, output: str) -> str:
-  """One figure of several runs' validation `metric` against training minutes.
+def plot_runs(runs: Mapping[str, str], metric: Union[str, Sequence[str]], output: str,
+              title: Optional[str] = None) -> str:
+  """One figure of several runs' validation metric(s) against training minutes.
 
   Args:
     runs: {label: workdir (holding metrics.jsonl)}, in legend order.
-    metric: e.g. "recall@10".
+    metric: e.g. "recall@10", or several (one panel each).
     output: the PNG path (written atomically).
+    title: the figure's title.
 
   Raises:
     ValueError: a run without eval entries carrying times.
   """
-  fig = plots.figure(figsize=(7, 4))
-  ax = fig.subplots()
-  for label, workdir in runs.items():
-    points = [p for p in eval_points(os.path.join(workdir, "metrics.jsonl"), metric)
-              if p[1] is not None]
-    if not points:
-      raise ValueError(f"{workdir}/metrics.jsonl has no timed eval entries of {metric}.")
-    _, minutes, values = zip(*points)
-    ax.plot(minutes, values, marker="o", markersize=3, label=label)
-  ax.set_xlabel("training minutes (2-core CPU)")
-  ax.set_ylabel(f"valid {metric}")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  metrics = [metric] if isinstance(metric, str) else list(metric)
+  fig = plots.figure(figsize=(1 + 6 * len(metrics), 4.2))
+  axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+  for ax, name in zip(axes, metrics):
+    for label, workdir in runs.items():
+      points = timed_points(workdir, name)
+      if not points:
+        raise ValueError(f"{workdir}/metrics.jsonl has no timed eval entries of {name}.")
+      _, minutes, values = zip(*points)
+      ax.plot(minutes, values, marker="o", markersize=3, label=label)
+    ax.set_xlabel("training minutes (2-core CPU)")
+    ax.set_ylabel(f"valid {name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  if title:
+    fig.suptitle(title)
   fig.tight_layout()
   return plots.save_png(fig, output)
+
+
+def timed_points(workdir: str, metric: str) -> list:
+  """`eval_points` of `<workdir>/metrics.jsonl` that carry training minutes ([] without)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return []
+  return [p for p in eval_points(path, metric) if p[1] is not None]
 
 
 def plot_validation_curve(workdir: str, metric: str = "ndcg@10",

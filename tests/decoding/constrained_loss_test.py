@@ -1,7 +1,6 @@
 """MSCGRec's constrained sequence learning: the loss normalizes over the codes the trie
 allows after the target's prefix (hand computation), it trains, and it needs a trie."""
 
-import functools
 
 import flax.linen as nn
 import jax

@@ -8,7 +8,6 @@ with a warning; a damaged `best` falls back to the latest; a second process is r
 
 import glob
 import importlib.util
-import json
 import os
 import pathlib
 import shutil
