@@ -318,10 +318,7 @@ def summarize(records: Sequence[dict], metrics: Sequence[str] = DEFAULT_METRICS,
     seeds ("t over N seeds"); per_seed: the records' rows (metrics with their CIs).
     Runs without metrics (failed) are rows with model None.
   """
-  groups: Dict[tuple, List[dict]] = {}
-  for r in records:
-    if r["split"] in (split, None):
-      groups.setdefault((r["run"], r["model"]), []).append(r)
+  groups = by_run_and_model(r for r in records if r["split"] in (split, None))
   rows = []
   for (run, model), group in groups.items():
     per_seed = [dict(seed=r["seed"], status=r["status"], seconds=r["seconds"],
@@ -353,6 +350,14 @@ def summarize(records: Sequence[dict], metrics: Sequence[str] = DEFAULT_METRICS,
         error="\n".join(s["error"] for s in per_seed if s["error"]),
         metrics=aggregated, per_seed=per_seed))
   return rows
+
+
+def by_run_and_model(records) -> Dict[tuple, List[dict]]:
+  """{(run, model): its records (one per seed)}, in first-seen order."""
+  groups: Dict[tuple, List[dict]] = {}
+  for r in records:
+    groups.setdefault((r["run"], r["model"]), []).append(r)
+  return groups
 
 
 def _single(value: Optional[dict]) -> Optional[dict]:
@@ -415,10 +420,7 @@ def paired_with(records: Sequence[dict], reference: str, metrics: Sequence[str] 
     raise SpecError(f"reference run {ref_run!r} has no model {ref_model!r}",
                     fix=f"one of: {', '.join(ref_models)}.")
   refs = {r["seed"]: r for r in in_split if (r["run"], r["model"]) == (ref_run, ref_model)}
-  groups: Dict[tuple, List[dict]] = {}
-  for r in in_split:
-    if (r["run"], r["model"]) != (ref_run, ref_model):
-      groups.setdefault((r["run"], r["model"]), []).append(r)
+  groups = by_run_and_model(r for r in in_split if (r["run"], r["model"]) != (ref_run, ref_model))
   out = {}
   for key, group in groups.items():
     if len(refs) == 1:
