@@ -391,7 +391,8 @@ def paired_with(records: Sequence[dict], reference: str, metrics: Sequence[str] 
 
   Args:
     records: `collect`'s records.
-    reference: "RUN", or "RUN:MODEL" when the run evaluates several models.
+    reference: "RUN", or "RUN:MODEL" when the run evaluates several models and none is
+      named RUN (a SASRec run "sasrec" also evaluates the baselines: "sasrec" is its model).
     metrics, split, confidence: as `summarize`.
     num_resamples, seed: the bootstrap's.
 
@@ -411,6 +412,8 @@ def paired_with(records: Sequence[dict], reference: str, metrics: Sequence[str] 
     runs = ", ".join(sorted({r["run"] for r in in_split})) or "none"
     raise SpecError(f"reference run {ref_run!r} has no {split} metrics",
                     fix=f"name a run of this sweep that has them ({runs}).")
+  if ref_model is None and ref_run in ref_models:  # "sasrec": its model, not the baselines
+    ref_model = ref_run
   if ref_model is None and len(ref_models) > 1:
     raise SpecError(f"reference run {ref_run!r} evaluates several models "
                     f"({', '.join(ref_models)})", fix=f"say which: --reference={ref_run}:"

@@ -247,6 +247,21 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
   assert sweep.run_one(planned(8)).status == "skipped"
 
 
+
+def test_a_reference_run_named_like_one_of_its_models_means_that_model(tmp_path):
+  """--reference=sasrec for a SASRec run that also evaluates the baselines: its own model."""
+  plan = sweep.plan([sweep_spec.RunSpec(n, ("x.gin",)) for n in ("sasrec", "gen")],
+                    str(tmp_path))
+  _evaluated(plan[0].run_dir, "sasrec", [0, 0, 5, 20])
+  _evaluated(plan[0].run_dir, "most_popular", [20, 20, 20, 20])
+  _evaluated(plan[1].run_dir, "generator", [0, 20, 20, 20])
+  records = sweep.collect([sweep.RunResult(r, "ran", 1.0) for r in plan])
+  paired = sweep.paired_with(records, "sasrec", ("recall@10",), num_resamples=50)
+  assert paired[("gen", "generator")]["reference"] == "sasrec:sasrec"
+  assert paired[("gen", "generator")]["recall@10"]["diff"] == pytest.approx(0.25 - 0.75)
+  assert paired[("sasrec", "most_popular")]["recall@10"]["diff"] == pytest.approx(-0.75)
+
+
 # ---------------------------------------------------------------------------- aggregation
 
 
