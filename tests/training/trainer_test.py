@@ -149,7 +149,7 @@ def test_loss_falls_validation_and_best_checkpoint(split, tmp_path):
 
 
 def test_early_stopping_keeps_the_best(split, tmp_path, monkeypatch):
-  values = iter([0.1, 0.3, 0.2, 0.25, 0.9])
+  values = iter([0.1, 0.3, 0.2, 0.25, 0.9, 0.5, 0.5, 0.5, 0.5])
 
   def fake_validation(*args, **kwargs):
     m = {"ndcg@10": {"mean": next(values)}}
@@ -165,6 +165,12 @@ def test_early_stopping_keeps_the_best(split, tmp_path, monkeypatch):
   assert os.listdir(tmp_path / "checkpoints") == ["4"]
   # A rerun sees the stop in the checkpoint and does not train on.
   assert _train(split, tmp_path, config, make_recommender=lambda predict: None)["step"] == 4
+  # A raised patience (a resumable field) trains on from the stop: a new best at step 5
+  # (0.9), then 4 validations without one.
+  longer = dataclasses.replace(config, early_stopping_patience=4)
+  summary = _train(split, tmp_path, longer, make_recommender=lambda predict: None)
+  assert summary["stopped_early"] and summary["step"] == 9
+  assert summary["best_step"] == 5 and summary["best_value"] == 0.9
 
 
 def _snapshot(root):
