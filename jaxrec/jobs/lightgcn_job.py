@@ -302,7 +302,7 @@ def train_lightgcn(workdir: str, dataset: DatasetConfig = DatasetConfig(),
       raise checkpoints.CheckpointError(
           f"{workdir}/checkpoints step {step} is not epoch {epoch} x {spe} steps per epoch. "
           "Fix: use a new --workdir.")
-    best = loop.best_record(meta)
+    best = loop.best_record(meta, tc.early_stopping_patience)
     run.log.write({"step": step, "epoch": epoch, "event": "start" if step == 0 else "resume",
                    "fingerprint": fp, "devices": jax.device_count(), "mesh": dict(s.mesh.shape),
                    "users": s.graph.num_users, "items": s.graph.num_items,

@@ -126,11 +126,17 @@ def _due(every: int, info: LoopInfo) -> bool:
   return info.last or info.stop or bool(every and info.step % every == 0)
 
 
-def best_record(meta: dict) -> dict:
-  """The validation record a checkpoint's meta carries (empty for a fresh run)."""
+def best_record(meta: dict, patience: int = 0) -> dict:
+  """The validation record a checkpoint's meta carries (empty for a fresh run).
+
+  A run that stopped early stays stopped (its loop runs no step) unless `patience`, the
+  run's current early-stopping patience (a field that may change on resume), no longer
+  stops it: raised past its validations without a new best, or 0 (never stop early).
+  """
+  since = meta.get("evals_since_best", 0)
+  stopped = bool(meta.get("stopped_early", False)) and bool(patience) and since >= patience
   return {"best_step": meta.get("best_step"), "best_value": meta.get("best_value"),
-          "evals_since_best": meta.get("evals_since_best", 0),
-          "stopped_early": meta.get("stopped_early", False)}
+          "evals_since_best": since, "stopped_early": stopped}
 
 
 def metric_k(metric: str, binding: str) -> int:

@@ -312,7 +312,7 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
   with run:  # one process per workdir (a second is refused with WorkdirError)
     state, meta = run.resume(trainer.init_state, lambda: trainer.abstract_state)
     step = int(state.step)
-    best = loop.best_record(meta)
+    best = loop.best_record(meta, config.early_stopping_patience)
     run.log.write({"step": step, "event": "start" if step == 0 else "resume",
                    "fingerprint": fp, "devices": jax.device_count(),
                    "processes": jax.process_count(), "mesh": dict(trainer.mesh.shape)})
@@ -332,11 +332,7 @@ def train(model: Any, split: LeaveOneOutSplit, batch_fn: BatchFn, config: Traine
         "data_state": it.get_state(), **best, "train_seconds": run.seconds()}))
     if on_step is not None:
       actions.append(loop.Hook(lambda step, s, metrics: on_step(step, s)))
-    # A run that stopped early is finished (the loop runs no step) unless the patience was
-    # raised past its validations without a new best (or switched off): then it trains on.
-    patience = config.early_stopping_patience
-    if best["stopped_early"] and not (patience and best["evals_since_best"] >= patience):
-      best["stopped_early"] = False
+    # A run that stopped early (at its current patience, `loop.best_record`) is finished.
     result = loop.run_loop(
         state, trainer.step, lambda _: next(it), start=step,
         num_steps=step if best["stopped_early"] else config.num_steps,

@@ -19,6 +19,7 @@ from jaxrec import configs
 from jaxrec.data import batching
 from jaxrec.data.errors import DataError
 from jaxrec.training import checkpoints
+from jaxrec.training import loop
 from jaxrec.training import optimizers
 from jaxrec.training import partitioning
 from jaxrec.training import trainer as trainer_lib
@@ -172,6 +173,17 @@ def test_early_stopping_keeps_the_best(split, tmp_path, monkeypatch):
   assert summary["stopped_early"] and summary["step"] == 9
   assert summary["best_step"] == 5 and summary["best_value"] == 0.9
 
+
+
+def test_best_record_judges_a_stop_by_the_current_patience():
+  """The one place both loops (trainer, LightGCN) read a checkpoint's stop from."""
+  meta = {"best_step": 2, "best_value": 0.3, "evals_since_best": 2, "stopped_early": True}
+  assert loop.best_record(meta, 2) == dict(meta)
+  assert loop.best_record(meta, 1)["stopped_early"]
+  assert not loop.best_record(meta, 3)["stopped_early"]  # raised patience: trains on
+  assert not loop.best_record(meta, 0)["stopped_early"]  # early stopping switched off
+  assert loop.best_record({}, 2) == {"best_step": None, "best_value": None,
+                                     "evals_since_best": 0, "stopped_early": False}
 
 def _snapshot(root):
   return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
